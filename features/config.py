@@ -1,0 +1,55 @@
+"""Typed, frozen configuration of candidate generation, features, labels and guardrails."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FeatureConfig(BaseModel):
+    """Windows, candidate sizes and business rules shared by training and serving.
+
+    Attributes:
+        cross_sell_window_days: A product bought up to this many days after the query's order
+            is a cross-sell positive (besides the rest of the order).
+        upsell_window_days: A pricier version bought up to this many days after the anchor was
+            viewed (or bought) is an upsell positive.
+        upsell_max_uplift: Upsell candidates cost more than the anchor and at most this much
+            more (0.25: up to +25%).
+        cross_sell_candidates: Candidates kept per cross-sell query after merging sources.
+        upsell_candidates: Candidates kept per upsell query after merging sources.
+        per_source: Candidates each source contributes per query before merging.
+        cooc_neighbours: Neighbours kept per product in the co-occurrence tables.
+        cooc_prior: Pseudo-count that shrinks co-occurrence lift toward 1 for rare pairs.
+        sequential_window_days: "Bought A, then B within N days" window.
+        session_gap_minutes: Events further apart than this start a new session when the
+            events table has no ``session_id``.
+        history_days: Look-back for co-occurrence and association tables (None: all history).
+        popularity_windows_days: Windows of the product popularity features.
+        segment_column: Persona column for segment popularity (None: first of
+            ``schema.SEGMENT_COLUMNS`` present).
+        new_customer_days: A customer with tenure below this is "new".
+        lapsing_days: A customer silent for longer than this is "lapsing".
+        cross_sell_price_cap: Guardrail: a cross-sell item costs at most this multiple of the
+            cart (or anchor) value.
+        max_per_category: Guardrail: at most this many items of one category per list.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cross_sell_window_days: int = Field(14, ge=0)
+    upsell_window_days: int = Field(14, ge=1)
+    upsell_max_uplift: float = Field(0.25, gt=0)
+    cross_sell_candidates: int = Field(100, ge=1)
+    upsell_candidates: int = Field(30, ge=1)
+    per_source: int = Field(50, ge=1)
+    cooc_neighbours: int = Field(100, ge=1)
+    cooc_prior: float = Field(5.0, ge=0)
+    sequential_window_days: int = Field(30, ge=1)
+    session_gap_minutes: int = Field(30, ge=1)
+    history_days: int | None = Field(365, ge=1)
+    popularity_windows_days: tuple[int, ...] = (7, 30, 90)
+    segment_column: str | None = None
+    new_customer_days: int = Field(30, ge=0)
+    lapsing_days: int = Field(60, ge=1)
+    cross_sell_price_cap: float = Field(1.5, gt=0)
+    max_per_category: int = Field(2, ge=1)
