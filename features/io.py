@@ -182,7 +182,9 @@ def _to_ts(raw: pd.DataFrame, table: str, column: str, *, required: bool) -> pd.
     col = raw[column]
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         raise DataValidationError(
-            table, column, "numeric timestamps are ambiguous: write ISO dates or datetimes",
+            table,
+            column,
+            "numeric timestamps are ambiguous: write ISO dates or datetimes",
             raw.head(MAX_ROWS_SHOWN),
         )
     if pd.api.types.is_datetime64_any_dtype(col):
@@ -191,9 +193,7 @@ def _to_ts(raw: pd.DataFrame, table: str, column: str, *, required: bool) -> pd.
         out = pd.to_datetime(col, errors="coerce", format="mixed")
     unparsable = out.isna() & col.notna()
     if unparsable.any():
-        raise DataValidationError(
-            table, column, "unparsable timestamp", _bad_rows(raw, unparsable)
-        )
+        raise DataValidationError(table, column, "unparsable timestamp", _bad_rows(raw, unparsable))
     if required and out.isna().any():
         raise DataValidationError(table, column, "missing timestamp", _bad_rows(raw, out.isna()))
     if getattr(out.dt, "tz", None) is not None:
@@ -326,9 +326,7 @@ def load_shop(folder: str | Path) -> Shop:
     _check_unique(products, s.PRODUCTS, (s.PRODUCT_ID,))
     bad_price = products[s.PRICE] <= 0
     if bad_price.any():
-        raise DataValidationError(
-            s.PRODUCTS, s.PRICE, "price must be > 0", products.loc[bad_price]
-        )
+        raise DataValidationError(s.PRODUCTS, s.PRICE, "price must be > 0", products.loc[bad_price])
     if s.FAMILY not in products.columns:
         products[s.FAMILY] = products[s.CATEGORY]
     else:

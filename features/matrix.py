@@ -1,0 +1,279 @@
+"""Point-in-time features per (query, candidate): the model's input matrix.
+
+``build_features(batch, snapshot)`` runs the candidate collector and returns a
+:class:`FeatureMatrix` whose columns are :func:`feature_columns` in that order. Training calls it
+on thousands of queries per snapshot; serving calls it on a one-query batch. Every value comes
+from the snapshot (data before its cut-off, which is at or before every query's ``as_of``) and
+from the query's own context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features import schema as s
+from features.arrays import rank_within
+from features.batch import QueryBatch
+from features.candidates import SOURCES, Candidates, collect_candidates
+from features.snapshot import LIFECYCLE_LEVELS, FeatureSnapshot
+
+CUSTOMER_FEATURES = (
+    "cust_known",
+    "cust_recency_days",
+    "cust_frequency",
+    "cust_monetary_log",
+    "cust_aov_log",
+    "cust_tenure_days",
+    "cust_lifecycle",
+    "cust_price_level",
+)
+PRODUCT_FEATURES = (
+    "prod_tier_rank",
+    "prod_family_size",
+    "prod_pop_pct_in_category",
+    "prod_trend",
+    "prod_repurchase_rate",
+    "prod_is_consumable",
+    "prod_price_pct_in_category",
+)
+CONTEXT_FEATURES = (
+    "n_sources",
+    "best_source_rank",
+    "ctx_size",
+    "ctx_lift_max",
+    "ctx_lift_mean",
+    "ctx_conf_max",
+    "ctx_cat_assoc",
+    "ctx_same_category",
+    "price_ratio_anchor",
+    "price_ratio_cart",
+    "price_pct_vs_level",
+    "tier_step",
+    "cust_views_7",
+    "cust_views_30",
+    "cust_carts_7",
+    "cust_carts_30",
+    "cust_family_views_30",
+    "cust_last_session",
+    "cust_owns_family",
+    "days_since_category_purchase",
+    "cust_category_affinity",
+    "placement",
+    "pop_rank_in_query",
+    "price_rank_in_query",
+    "lift_rank_in_query",
+    "trend_rank_in_query",
+)
+FIXED_CATEGORICAL = ("cust_lifecycle", "placement")
+
+
+def feature_columns(snapshot: FeatureSnapshot, task: str) -> list[str]:
+    """The ordered feature columns of ``task`` for this shop (persona columns vary by shop)."""
+    persona = [f"persona_{c}" for c in snapshot.persona_columns]
+    pops = [f"prod_pop_{w}" for w in snapshot.config.popularity_windows_days]
+    src = [f"src_{name}_{kind}" for name in SOURCES[task] for kind in ("score", "rank")]
+    return [*CUSTOMER_FEATURES, *persona, *PRODUCT_FEATURES, *pops, *src, *CONTEXT_FEATURES]
+
+
+def categorical_features(snapshot: FeatureSnapshot) -> dict[str, list[str]]:
+    """Categorical feature -> its levels (the integer code is the position in the list)."""
+    out: dict[str, list[str]] = {
+        "cust_lifecycle": list(LIFECYCLE_LEVELS),
+        "placement": list(s.PLACEMENTS),
+    }
+    for col, levels in snapshot.persona_levels.items():
+        if levels is not None:
+            out[f"persona_{col}"] = levels
+    return out
+
+
+@dataclass(frozen=True)
+class FeatureMatrix:
+    """Candidates of a batch with their features.
+
+    Attributes:
+        query: Query position per row (rows grouped by query).
+        product: Product position per row.
+        X: ``(rows, len(columns))`` float32 features; categorical codes as floats, NaN missing.
+        columns: Feature names, in model order.
+        best_source: Index into ``sources`` of the source that ranked the row best.
+        reason_product: Context product position behind the strongest co-occurrence, or -1.
+        sources: Source names of the task.
+    """
+
+    query: np.ndarray
+    product: np.ndarray
+    X: np.ndarray
+    columns: list[str]
+    best_source: np.ndarray
+    reason_product: np.ndarray
+    sources: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.query)
+
+    def frame(self, batch: QueryBatch, snapshot: FeatureSnapshot) -> pd.DataFrame:
+        """The matrix as a DataFrame with ``query_id`` and ``product_id`` in front."""
+        out = pd.DataFrame(self.X, columns=self.columns)
+        out.insert(0, "product_id", snapshot.product_ids[self.product])
+        out.insert(0, "query_id", batch.query_ids[self.query])
+        return out
+
+
+def _customer_block(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray
+) -> dict[str, np.ndarray]:
+    a = snapshot.arrays
+    cfg = snapshot.config
+    n = len(batch)
+    known = batch.customer >= 0
+    c = np.where(known, batch.customer, 0)
+
+    def per_customer(values: np.ndarray) -> np.ndarray:
+        return np.where(known, values[c], np.nan)
+
+    now = batch.as_of
+    n_orders = np.where(known, a["n_orders"][c], 0.0)
+    last = per_customer(a["last_day"])
+    first = np.fmin(per_customer(a["first_day"]), per_customer(a["signup_day"]))
+    recency = now - last
+    tenure = now - first
+    monetary = per_customer(a["monetary"])
+    lifecycle = np.zeros(n)
+    has = n_orders > 0
+    lifecycle[has & (tenure < cfg.new_customer_days)] = 1
+    lifecycle[has & (tenure >= cfg.new_customer_days) & (recency <= cfg.lapsing_days)] = 2
+    lifecycle[has & (tenure >= cfg.new_customer_days) & (recency > cfg.lapsing_days)] = 3
+    per_query = {
+        "cust_known": known.astype(np.float64),
+        "cust_recency_days": recency,
+        "cust_frequency": n_orders,
+        "cust_monetary_log": np.log1p(np.nan_to_num(monetary)),
+        "cust_aov_log": np.log1p(np.nan_to_num(monetary) / np.maximum(n_orders, 1)),
+        "cust_tenure_days": tenure,
+        "cust_lifecycle": lifecycle,
+        "cust_price_level": per_customer(a["price_level"]),
+    }
+    for col in snapshot.persona_columns:
+        per_query[f"persona_{col}"] = per_customer(a[f"persona_{col}"])
+    return {k: v[q] for k, v in per_query.items()}
+
+
+def _context_pairs(batch: QueryBatch, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expand candidate rows x their query's context items: (row index, context product)."""
+    sizes = np.diff(batch.context_ptr)[q]
+    rows = np.repeat(np.arange(len(q), dtype=np.int64), sizes)
+    starts = np.repeat(batch.context_ptr[q], sizes)
+    offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return rows, batch.context[starts + offsets]
+
+
+def _max_per_row(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(n)
+    np.maximum.at(out, rows, values)
+    return out
+
+
+def build_features(batch: QueryBatch, snapshot: FeatureSnapshot) -> FeatureMatrix:
+    """Collect candidates for ``batch`` and compute every feature column.
+
+    Returns:
+        A :class:`FeatureMatrix` with the columns of :func:`feature_columns` for the task.
+    """
+    cands = collect_candidates(batch, snapshot)
+    return features_for_candidates(batch, snapshot, cands)
+
+
+def features_for_candidates(
+    batch: QueryBatch, snapshot: FeatureSnapshot, cands: Candidates
+) -> FeatureMatrix:
+    """Compute the feature matrix for already collected candidates."""
+    a = snapshot.arrays
+    lk = snapshot.lookups
+    q, p = cands.query, cands.product
+    n = len(q)
+    cust = batch.customer[q]
+    cat = a["category"][p]
+    fam = a["family"][p]
+    price = a["price"][p]
+    f: dict[str, np.ndarray] = _customer_block(batch, snapshot, q)
+    f.update(
+        {
+            "prod_tier_rank": a["tier_rank"][p],
+            "prod_family_size": a["family_size"][p],
+            "prod_pop_pct_in_category": a["pop_pct_in_category"][p],
+            "prod_trend": a["trend"][p],
+            "prod_repurchase_rate": a["repurchase_rate"][p],
+            "prod_is_consumable": a["is_consumable"][p].astype(np.float64),
+            "prod_price_pct_in_category": a["price_pct_in_category"][p],
+        }
+    )
+    for w in snapshot.config.popularity_windows_days:
+        f[f"prod_pop_{w}"] = a[f"pop_{w}"][p]
+    for j, name in enumerate(cands.sources):
+        f[f"src_{name}_score"] = cands.scores[:, j]
+        f[f"src_{name}_rank"] = cands.ranks[:, j]
+    present = ~np.isnan(cands.ranks)
+    f["n_sources"] = present.sum(axis=1).astype(np.float64)
+    best_rank = np.where(present, cands.ranks, np.inf)
+    f["best_source_rank"] = best_rank.min(axis=1) if n else np.zeros(0)
+    best_source = best_rank.argmin(axis=1) if n else np.zeros(0, dtype=np.int64)
+
+    # context: lift / confidence / category association with each context product
+    ctx_size = np.diff(batch.context_ptr)[q].astype(np.float64)
+    rows, ctx = _context_pairs(batch, q)
+    lift = lk["cooc"].get(ctx, p[rows])
+    conf = lk["cooc_conf"].get(ctx, p[rows])
+    assoc = lk["category_assoc"].get(a["category"][ctx], cat[rows])
+    f["ctx_size"] = ctx_size
+    f["ctx_lift_max"] = _max_per_row(n, rows, lift)
+    f["ctx_lift_mean"] = np.bincount(rows, weights=lift, minlength=n) / np.maximum(ctx_size, 1)
+    f["ctx_conf_max"] = _max_per_row(n, rows, conf)
+    f["ctx_cat_assoc"] = _max_per_row(n, rows, assoc)
+    f["ctx_same_category"] = _max_per_row(n, rows, (a["category"][ctx] == cat[rows]).astype(float))
+    reason_product = np.full(n, -1, dtype=np.int64)
+    if len(rows):
+        order = np.lexsort((-ctx, lift, rows))
+        last = np.r_[rows[order][1:] != rows[order][:-1], True]
+        top_rows, top_ctx, top_lift = rows[order][last], ctx[order][last], lift[order][last]
+        reason_product[top_rows[top_lift > 0]] = top_ctx[top_lift > 0]
+
+    anchor = batch.anchor[q]
+    has_anchor = anchor >= 0
+    safe_anchor = np.where(has_anchor, anchor, 0)
+    f["price_ratio_anchor"] = np.where(has_anchor, price / a["price"][safe_anchor], np.nan)
+    cart_value = np.bincount(
+        batch.context_query, weights=a["price"][batch.context], minlength=len(batch)
+    )
+    cv = cart_value[q]
+    f["price_ratio_cart"] = np.where(cv > 0, price / np.maximum(cv, 1e-9), np.nan)
+    f["price_pct_vs_level"] = a["price_pct_in_category"][p] - f["cust_price_level"]
+    f["tier_step"] = np.where(
+        has_anchor & (a["family"][safe_anchor] == fam),
+        a["tier_rank"][p] - a["tier_rank"][safe_anchor],
+        np.nan,
+    )
+    for name in ("views_7", "views_30", "carts_7", "carts_30"):
+        f[f"cust_{name}"] = lk[name].get(cust, p)
+    f["cust_family_views_30"] = lk["family_views_30"].get(cust, fam)
+    f["cust_last_session"] = lk["last_session"].get(cust, p)
+    f["cust_owns_family"] = lk["owns_family"].get(cust, fam)
+    last_cat = lk["cat_last_day"].get(cust, cat)
+    f["days_since_category_purchase"] = np.where(last_cat > 0, batch.as_of[q] - last_cat, np.nan)
+    f["cust_category_affinity"] = lk["cat_spend"].get(cust, cat)
+    f["placement"] = batch.placement[q].astype(np.float64)
+    size_q = np.bincount(q, minlength=len(batch))[q].astype(np.float64)
+    long_pop = a[f"pop_{max(snapshot.config.popularity_windows_days)}"][p]
+    f["pop_rank_in_query"] = rank_within(q, long_pop) / size_q
+    f["price_rank_in_query"] = rank_within(q, price) / size_q
+    f["lift_rank_in_query"] = rank_within(q, f["ctx_lift_max"]) / size_q
+    f["trend_rank_in_query"] = rank_within(q, a["trend"][p]) / size_q
+
+    columns = feature_columns(snapshot, batch.task)
+    X = np.empty((n, len(columns)), dtype=np.float32)
+    for j, col in enumerate(columns):
+        X[:, j] = f[col]
+    return FeatureMatrix(q, p, X, columns, best_source, reason_product, cands.sources)

@@ -1,0 +1,226 @@
+"""Batch feature building over rolling cut-offs: the training side of the one code path.
+
+For cut-offs ``T_0 < T_1 < ...`` a snapshot is built from data before ``T_i`` and the queries
+whose ``as_of`` is in ``[T_i, T_{i+1})`` are scored against it, in chunks of queries, with
+the same :func:`features.matrix.build_features` that serving calls for one query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features import schema as s
+from features.batch import QUERY_ID, batch_from_frame
+from features.config import FeatureConfig
+from features.io import Shop
+from features.matrix import FeatureMatrix, build_features, feature_columns
+from features.queries import training_queries
+from features.snapshot import FeatureSnapshot, build_snapshot
+
+log = logging.getLogger(__name__)
+
+CHUNK_QUERIES = 4000
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    """Candidates of one task with features and labels, rows grouped by query.
+
+    Attributes:
+        task: The task.
+        X: ``(rows, features)`` float32.
+        columns: Feature names.
+        label: 1 for a positive candidate, else 0.
+        query_id: Query id per row.
+        product_id: Product id per row.
+        best_source: Best-ranking source index per row (into ``sources``).
+        reason_product: Context product id behind the strongest co-occurrence ("" if none).
+        queries: One row per query: ``query_id, customer_id, as_of, placement,
+            anchor_product_id, n_positives, n_found, is_new_customer, segment`` plus
+            ``found_by_<source>`` counts.
+        sources: Source names of the task.
+    """
+
+    task: str
+    X: np.ndarray
+    columns: list[str]
+    label: np.ndarray
+    query_id: np.ndarray
+    product_id: np.ndarray
+    best_source: np.ndarray
+    reason_product: np.ndarray
+    queries: pd.DataFrame
+    sources: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def candidate_recall(self) -> dict[str, float]:
+        """Share of positive labels that reach the candidates, merged and per source."""
+        total = max(int(self.queries["n_positives"].sum()), 1)
+        out = {"merged": float(self.queries["n_found"].sum()) / total}
+        for name in self.sources:
+            out[name] = float(self.queries[f"found_by_{name}"].sum()) / total
+        return out
+
+    def select_queries(self, mask: np.ndarray) -> TaskSet:
+        """The subset of rows whose query is selected by the per-query boolean ``mask``."""
+        keep_ids = set(self.queries.loc[mask, QUERY_ID])
+        rows = np.fromiter((q in keep_ids for q in self.query_id), dtype=bool, count=len(self))
+        return TaskSet(
+            task=self.task,
+            X=self.X[rows],
+            columns=self.columns,
+            label=self.label[rows],
+            query_id=self.query_id[rows],
+            product_id=self.product_id[rows],
+            best_source=self.best_source[rows],
+            reason_product=self.reason_product[rows],
+            queries=self.queries.loc[mask].reset_index(drop=True),
+            sources=self.sources,
+        )
+
+
+def cutoffs(start: pd.Timestamp, end: pd.Timestamp, step_days: int) -> list[pd.Timestamp]:
+    """Rolling cut-offs ``start, start + step, ...`` strictly before ``end``, then ``end``."""
+    out = list(pd.date_range(start, end, freq=f"{step_days}D", inclusive="left"))
+    return [*out, pd.Timestamp(end)]
+
+
+def label_matrix(
+    fm: FeatureMatrix, batch_query_ids: np.ndarray, snapshot: FeatureSnapshot, labels: pd.DataFrame
+) -> np.ndarray:
+    """1 where (query, product) of the matrix is a positive label."""
+    pos_keys = set(zip(labels[QUERY_ID], labels[s.PRODUCT_ID], strict=True))
+    qids = batch_query_ids[fm.query]
+    pids = snapshot.product_ids[fm.product]
+    return np.fromiter(
+        ((q, p) in pos_keys for q, p in zip(qids, pids, strict=True)), dtype=np.int8, count=len(fm)
+    )
+
+
+def build_task_set(
+    shop: Shop,
+    *,
+    task: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    config: FeatureConfig,
+    step_days: int = 14,
+    max_queries_per_cutoff: int | None = None,
+    seed: int = 0,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TaskSet:
+    """Build the labelled candidate set of ``task`` for queries with ``as_of`` in ``[start, end)``.
+
+    Args:
+        shop: The validated shop.
+        task: ``cross_sell`` or ``upsell``.
+        start: First cut-off (inclusive).
+        end: End of the query range (exclusive).
+        config: Candidate sizes and windows.
+        step_days: Days between rolling cut-offs.
+        max_queries_per_cutoff: Sample at most this many queries per cut-off (None: all).
+        seed: Seed of that sample.
+        snapshots: Cache of snapshots by cut-off, shared between tasks.
+        progress: Called with a short message per cut-off.
+    """
+    cache = snapshots if snapshots is not None else {}
+    cuts = cutoffs(start, end, step_days)
+    parts: list[dict] = []
+    query_rows: list[pd.DataFrame] = []
+    columns: list[str] = []
+    sources: tuple[str, ...] = ()
+    rng = np.random.default_rng(seed)
+    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+        lq = training_queries(shop, task=task, start=lo, end=hi, config=config)
+        queries, labels = lq.queries, lq.labels
+        if max_queries_per_cutoff is not None and len(queries) > max_queries_per_cutoff:
+            pick = np.sort(rng.choice(len(queries), max_queries_per_cutoff, replace=False))
+            queries = queries.iloc[pick].reset_index(drop=True)
+            labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
+        if len(queries) == 0:
+            continue
+        if lo not in cache:
+            cache[lo] = build_snapshot(shop, as_of=lo, config=config)
+        snap = cache[lo]
+        if progress is not None:
+            progress(f"{task}: cut-off {lo.date()} ({len(queries):,d} queries)")
+        columns = feature_columns(snap, task)
+        n_pos = labels.groupby(QUERY_ID).size()
+        for c0 in range(0, len(queries), CHUNK_QUERIES):
+            chunk = queries.iloc[c0 : c0 + CHUNK_QUERIES]
+            batch = batch_from_frame(chunk, snap, task=task)
+            fm = build_features(batch, snap)
+            y = label_matrix(fm, batch.query_ids, snap, labels)
+            parts.append(
+                {
+                    "X": fm.X,
+                    "label": y,
+                    "query_id": batch.query_ids[fm.query],
+                    "product_id": snap.product_ids[fm.product],
+                    "best_source": fm.best_source,
+                    "reason_product": np.where(
+                        fm.reason_product >= 0,
+                        snap.product_ids[np.maximum(fm.reason_product, 0)],
+                        "",
+                    ),
+                }
+            )
+            sources = fm.sources
+            meta = _query_meta(chunk, batch.customer, snap, fm, y, n_pos)
+            query_rows.append(meta)
+    if not parts:
+        raise ValueError(f"{task}: no labelled queries between {start} and {end}")
+    return TaskSet(
+        task=task,
+        X=np.concatenate([p["X"] for p in parts]),
+        columns=columns,
+        label=np.concatenate([p["label"] for p in parts]),
+        query_id=np.concatenate([p["query_id"] for p in parts]),
+        product_id=np.concatenate([p["product_id"] for p in parts]),
+        best_source=np.concatenate([p["best_source"] for p in parts]),
+        reason_product=np.concatenate([p["reason_product"] for p in parts]),
+        queries=pd.concat(query_rows, ignore_index=True),
+        sources=sources,
+    )
+
+
+def _query_meta(
+    chunk: pd.DataFrame,
+    customer: np.ndarray,
+    snap: FeatureSnapshot,
+    fm: FeatureMatrix,
+    y: np.ndarray,
+    n_pos: pd.Series,
+) -> pd.DataFrame:
+    n = len(chunk)
+    found = np.bincount(fm.query, weights=y, minlength=n)
+    meta = chunk[[QUERY_ID, s.CUSTOMER_ID, "as_of", "placement", "anchor_product_id"]].copy()
+    meta = meta.reset_index(drop=True)
+    meta["n_positives"] = meta[QUERY_ID].map(n_pos).fillna(0).astype(int).to_numpy()
+    meta["n_found"] = found.astype(int)
+    known = customer >= 0
+    n_orders = np.where(known, snap.arrays["n_orders"][np.maximum(customer, 0)], 0)
+    meta["is_new_customer"] = n_orders == 0
+    seg = np.where(known, snap.arrays["segment"][np.maximum(customer, 0)], -1)
+    levels = np.asarray([*snap.segment_levels, "unknown"], dtype=object)
+    meta["segment"] = levels[np.where(seg >= 0, seg, len(snap.segment_levels))]
+    present = ~np.isnan(fm_ranks(fm))
+    for j, name in enumerate(fm.sources):
+        meta[f"found_by_{name}"] = np.bincount(
+            fm.query, weights=(present[:, j] & (y > 0)).astype(float), minlength=n
+        ).astype(int)
+    return meta
+
+
+def fm_ranks(fm: FeatureMatrix) -> np.ndarray:
+    """The ``(rows, sources)`` source-rank block of a feature matrix."""
+    idx = [fm.columns.index(f"src_{name}_rank") for name in fm.sources]
+    return fm.X[:, idx].astype(np.float64)
