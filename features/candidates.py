@@ -4,7 +4,7 @@ Every source returns a :class:`CandidateSet`: the contract ``(query_id, product_
 source_score)`` held as aligned arrays (``to_frame`` gives the table). Sources read only the
 snapshot (data before its cut-off) and the query's own context.
 
-cross_sell sources: ``cooc`` (order co-occurrence, shrunk lift), ``sequential`` (bought A, then
+cross_sell sources: ``repeat`` (the customer's own consumables, by how often bought), ``cooc`` (order co-occurrence, shrunk lift), ``sequential`` (bought A, then
 B in the next order within N days), ``coview`` / ``cocart`` (session co-occurrence of views /
 add-to-carts), ``category_assoc`` (category-level complement lift, then the category's top
 products), ``segment_popular`` (popular in the customer's persona segment; global popularity for
@@ -30,6 +30,7 @@ from features.batch import QueryBatch
 from features.snapshot import FeatureSnapshot
 
 CROSS_SELL_SOURCES = (
+    "repeat",
     "cooc",
     "sequential",
     "coview",
@@ -126,6 +127,13 @@ def _via_product_table(batch: QueryBatch, snapshot: FeatureSnapshot, table: str)
 def candidates_from_cooc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """Products bought in the same orders as the context, scored by summed shrunk lift."""
     return _triples(_via_product_table(batch, snapshot, "cooc"), "cooc")
+
+
+def candidates_from_repeat(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """The customer's own consumable products, scored by the quantity they bought."""
+    known = np.flatnonzero(batch.customer >= 0)
+    x = indicator(known, batch.customer[known], (len(batch), snapshot.n_customers))
+    return _triples(x @ snapshot.matrices["owned_consumable"], "repeat")
 
 
 def candidates_from_sequential(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
@@ -236,6 +244,7 @@ def upsell_candidate_sets(batch: QueryBatch, snapshot: FeatureSnapshot) -> list[
 
 
 CROSS_SELL_SOURCE_FUNCTIONS = (
+    candidates_from_repeat,
     candidates_from_cooc,
     candidates_from_sequential,
     candidates_from_coview,

@@ -135,6 +135,7 @@ PRODUCT_COLUMNS = (
     DEPARTMENT,
     PACKAGE_SIZE,
     MANUFACTURER_ID,
+    s.IS_CONSUMABLE,
 )
 PURCHASE_COLUMNS = (s.ORDER_ID, s.CUSTOMER_ID, s.PRODUCT_ID, s.TS, s.UNIT_PRICE, s.QUANTITY)
 
@@ -143,6 +144,20 @@ UNKNOWN_CATEGORY = "UNKNOWN"
 FUEL_DEPARTMENTS = frozenset({"FUEL", "KIOSK-GAS"})
 FUEL_TYPE_PREFIX = "GASOLINE"
 COUPON_DEPARTMENTS = frozenset({"COUPON"})
+# Grocery is bought again and again: every department is consumable except these.
+DURABLE_DEPARTMENTS = frozenset(
+    {
+        "GARDEN CENTER",
+        "TRAVEL & LEISURE",
+        "PHOTO & VIDEO",
+        "TOYS",
+        "AUTOMOTIVE",
+        "ELECT &PLUMBING",
+        "GM MERCH EXP",
+        "CNTRL/STORE SUP",
+        "POSTAL CENTER",
+    }
+)
 
 # Coarse bands for ``segment``: lower bound (thousands of dollars / years) -> label.
 INCOME_BANDS: tuple[tuple[int, str], ...] = ((0, "low"), (35, "mid"), (100, "high"))
@@ -502,6 +517,7 @@ def _products_table(
             DEPARTMENT: kept["department"].astype("str").where(kept["department"].notna()),
             PACKAGE_SIZE: kept["package_size"].astype("str").where(kept["package_size"].notna()),
             MANUFACTURER_ID: kept["manufacturer_id"].astype("str"),
+            s.IS_CONSUMABLE: ~kept["department"].fillna("").str.upper().isin(DURABLE_DEPARTMENTS),
         }
     )
     return products.reset_index(drop=True), dropped, adjusted

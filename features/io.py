@@ -216,7 +216,7 @@ def _to_bool(raw: pd.DataFrame, table: str, column: str, default: bool) -> pd.Se
     return text.isin(_TRUE).where(col.notna(), default).astype(bool)
 
 
-def _type_table(raw: pd.DataFrame, spec: s.TableSpec) -> pd.DataFrame:
+def _type_table(raw: pd.DataFrame, spec: s.TableSpec, *, text_source: bool) -> pd.DataFrame:
     missing = [c for c in spec.required if c not in raw.columns]
     if missing:
         raise DataValidationError(
@@ -249,8 +249,9 @@ def _type_table(raw: pd.DataFrame, spec: s.TableSpec) -> pd.DataFrame:
             if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
                 out[column] = col.astype("float64")
             else:
-                numeric = pd.to_numeric(col, errors="coerce")
-                if col.notna().any() and numeric.notna().sum() == col.notna().sum():
+                # CSV has no types: a column of numbers is numeric. Parquet keeps its strings.
+                numeric = pd.to_numeric(col, errors="coerce") if text_source else col[:0]
+                if text_source and col.notna().any() and numeric.notna().sum() == col.notna().sum():
                     out[column] = numeric.astype("float64")
                 else:
                     out[column] = col.astype("str").where(col.notna(), None).astype("str")
@@ -313,7 +314,10 @@ def load_shop(folder: str | Path) -> Shop:
                 )
             frames[name] = None
             continue
-        frames[name] = _type_table(raw, spec)
+        path = table_path(folder, name)
+        frames[name] = _type_table(
+            raw, spec, text_source=path is not None and path.suffix == ".csv"
+        )
 
     customers = frames[s.CUSTOMERS]
     products = frames[s.PRODUCTS]

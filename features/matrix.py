@@ -59,6 +59,7 @@ CONTEXT_FEATURES = (
     "cust_family_views_30",
     "cust_last_session",
     "cust_owns_family",
+    "cust_product_quantity",
     "days_since_category_purchase",
     "cust_category_affinity",
     "placement",
@@ -261,6 +262,7 @@ def features_for_candidates(
     f["cust_family_views_30"] = lk["family_views_30"].get(cust, fam)
     f["cust_last_session"] = lk["last_session"].get(cust, p)
     f["cust_owns_family"] = lk["owns_family"].get(cust, fam)
+    f["cust_product_quantity"] = lk["owned"].get(cust, p)
     last_cat = lk["cat_last_day"].get(cust, cat)
     f["days_since_category_purchase"] = np.where(last_cat > 0, batch.as_of[q] - last_cat, np.nan)
     f["cust_category_affinity"] = lk["cat_spend"].get(cust, cat)

@@ -56,7 +56,9 @@ class LabelledQueries:
 
 def _hash01(values: pd.Series) -> np.ndarray:
     """A deterministic pseudo-random number in [0, 1) per string (stable across runs)."""
-    digest = pd.util.hash_pandas_object(values.astype(str), index=False, hash_key="xsell-queries-v1")
+    digest = pd.util.hash_pandas_object(
+        values.astype(str), index=False, hash_key="xsell-queries-v1"
+    )
     return (digest.to_numpy() % np.uint64(1_000_003)).astype(np.float64) / 1_000_003.0
 
 

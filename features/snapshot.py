@@ -280,7 +280,7 @@ def build_snapshot(
         ``trend``, ``repurchase_rate``, ``price_pct_in_category``. Per customer: ``first_day``,
         ``last_day``, ``signup_day``, ``n_orders``, ``monetary``, ``price_level``,
         ``segment``, ``persona_<col>``. Lists: ``global_top``, ``trending_top``,
-        ``trending_score``. Matrices: ``owned``, ``cat_spend``, ``cat_last_day``,
+        ``trending_score``. Matrices: ``owned``, ``owned_consumable``, ``cat_spend``, ``cat_last_day``,
         ``owns_family``, ``views_7``, ``views_30``, ``carts_7``, ``carts_30``,
         ``family_views_30``, ``last_session``, ``cooc``, ``cooc_conf``, ``sequential``,
         ``coview``, ``cocart``, ``category_assoc``, ``category_top``, ``segment_top``,
@@ -414,6 +414,8 @@ def build_snapshot(
     owned.data = np.where(owned.data > 0, owned.data, 0.0)
     owned.eliminate_zeros()
     mats["owned"] = owned
+    consumable_cols = sp.diags(a["is_consumable"].astype(np.float64))
+    mats["owned_consumable"] = sp.csr_matrix(owned @ consumable_cols)
     mats["owns_family"] = indicator(
         owned.tocoo().row, family[owned.tocoo().col], (n_c, len(family_levels))
     )

@@ -267,6 +267,10 @@ _MAIN_BRAND_SHARE = 0.6
 _COMPATIBLE_FAMILY_SHARE = 0.7
 _SAME_TIER_COMPLEMENT_SHARE = 0.5
 _FOLLOW_UP_DAYS = (1, 21)
+_CROSS_SELL_MULTIPLIER = (0.4, 1.2)  # complement chance x (a + b * cross_sell_propensity)
+_PERIOD_SCALE = (0.7, 1.3)  # a repurchase rhythm's period relative to the category's
+_PERIOD_JITTER = 0.1  # each repurchase moves by up to this share of the period
+_REPEAT_STOP = (0.15, 0.35)  # geometric stop chance per repurchase: a + b * (1 - loyalty)
 _RETURN_DAYS = (1, 30)
 _GROCERY_EXTRA_LINES = (1.4, 0.4)  # Poisson mean = a + b * (household_size - 1)
 _DISCOUNTS = np.array([0.1, 0.15, 0.2, 0.3])
@@ -281,6 +285,8 @@ _MISSED_COMPLEMENT_VIEW_SHARE = 0.25
 _FOLLOW_UP_VIEW_SHARE = 0.6
 _REPEAT_SESSION_SHARE = 0.3
 _BROWSE_PER_MISSION = 0.5
+_BROWSE_BASE = 0.3
+_BROWSE_EXTRA_VIEWS = 1.0
 _BROWSE_SAME_FAMILY_SHARE = 0.6
 _BROWSE_ABANDON_SHARE = 0.15
 _EVENT_STEP_S = (15, 180)
@@ -936,139 +942,307 @@ class _Chunk:
 class _Collector:
     """Accumulates parallel column pieces and concatenates them once."""
 
-    def __init__(self, *names: str) -> None:
-        self._names = names
-        self._parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    def __init__(self, **dtypes: type[np.integer]) -> None:
+        self._dtypes = dtypes
+        self._parts: dict[str, list[np.ndarray]] = {name: [] for name in dtypes}
 
     def add(self, **columns: np.ndarray | int) -> None:
         """Append one piece; scalars are broadcast to the length of the array columns."""
         size = max((np.size(v) for v in columns.values() if np.ndim(v) > 0), default=1)
-        for name in self._names:
-            self._parts[name].append(np.broadcast_to(np.asarray(columns[name]), (size,)))
+        for name, dtype in self._dtypes.items():
+            piece = np.asarray(columns[name]).astype(dtype, copy=False)
+            self._parts[name].append(np.broadcast_to(piece, (size,)))
 
-    def column(self, name: str) -> np.ndarray:
-        """The concatenation of every piece of one column (int64)."""
-        parts = self._parts[name]
+    def pop(self, name: str) -> np.ndarray:
+        """The concatenation of every piece of one column, releasing the pieces."""
+        parts = self._parts.pop(name)
         if not parts:
-            return np.zeros(0, dtype=np.int64)
-        return np.concatenate(parts).astype(np.int64, copy=False)
+            return np.zeros(0, dtype=self._dtypes[name])
+        return np.concatenate(parts)
+
+    def peek(self, name: str) -> np.ndarray:
+        """The concatenation of every piece of one column so far, keeping the pieces."""
+        return np.concatenate(self._parts[name])
+
+
+def _sort_index(*keys: np.ndarray) -> np.ndarray:
+    """Indices that sort rows by ``keys`` (most significant first), ties kept in row order.
+
+    Keys are non-negative integers. When they fit, they are packed with the row number into
+    one int64 so a fast unstable sort gives the same fully determined order as a stable
+    lexicographic sort (``np.lexsort``, the fallback).
+    """
+    n = len(keys[0])
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    columns = (*keys, np.arange(n))
+    if min(int(key.min()) for key in keys) < 0:
+        raise ValueError("sort keys must be non-negative")
+    widths = [max(int(key.max()), 1).bit_length() for key in columns]
+    if sum(widths) > 63:
+        return np.lexsort(keys[::-1])
+    packed = np.zeros(n, dtype=np.int64)
+    for key, width in zip(columns, widths, strict=True):
+        packed <<= width
+        packed |= key.astype(np.int64, copy=False)
+    return np.argsort(packed)
+
+
+def _run_starts(sorted_keys: np.ndarray) -> np.ndarray:
+    """Boolean mask of the first row of every run of equal values."""
+    first = np.ones(len(sorted_keys), dtype=bool)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    return first
 
 
 def _simulate_chunk(
     rng: np.random.Generator, n: int, catalog: _Catalog, calendar: _Calendar
 ) -> _Chunk:
-    """Simulate customers, their order lines and their browsing events.
+    """Simulate ``n`` customers, their order lines and their browsing events.
 
-    Key spaces: an order key is a mission (``m``), its follow-up order (``M + m``), a
-    consumable repurchase (``2M + j``) or a return (after those). Session keys are the same for
-    missions, follow-ups and repurchases, then browse-only sessions.
+    Order keys (chunk-local, renumbered when sorted): mission ``m`` is order ``m``, its
+    follow-up order ``M + m``, repurchase group ``g`` order ``2M + g``, returns come after.
+    Session keys: the same for missions, follow-ups and repurchases, then browse-only sessions.
     """
     cust = _draw_customers(rng, n, catalog, calendar)
-    end_s = calendar.end_s
-    lines = _Collector("customer", "product", "ts", "order")
-    events = _Collector("session", "product", "event_type", "slot")
+    lines = _Collector(customer=np.int32, product=np.int32, ts=np.int64, order=np.int64)
+    events = _Collector(session=np.int64, product=np.int32, event_type=np.int8, slot=np.int8)
 
-    # Shopping missions: when, which category, which family and tier.
-    M = int(cust.n_missions.sum())
-    m_cust = np.repeat(np.arange(n), cust.n_missions)
-    m_day = calendar.draw_days(rng, cust.first_day[m_cust])
-    m_ts = calendar.draw_times(rng, m_day)
-    m_quarter = calendar.quarter_of(m_day)
-    m_ps = cust.price_sensitivity[m_cust]
-    favorite = rng.random(M) < cust.favorite_share[m_cust]
+    missions = _draw_missions(rng, cust, catalog, calendar)
+    _add_missions(rng, missions, catalog, lines, events)
+    anchors = _add_baskets(rng, missions, cust, catalog, lines, events)
+    follow_ts = _add_complements(rng, missions, anchors, cust, catalog, calendar, lines, events)
+    repurchases = _add_repurchases(rng, missions.n, cust, catalog, calendar, lines, events)
+    order_lines = _finish_lines(
+        rng, lines, cust, catalog, calendar, return_key0=2 * missions.n + len(repurchases.ts)
+    )
+    browse = _add_browse_sessions(
+        rng, cust, catalog, calendar, events, key0=2 * missions.n + len(repurchases.ts)
+    )
+    session_end = np.concatenate([missions.ts, follow_ts, repurchases.ts, browse.ts])
+    session_customer = np.concatenate(
+        [missions.customer, missions.customer, repurchases.customer, browse.customer]
+    )
+    browse_events = _finish_events(rng, events, session_end, session_customer, calendar)
+    return _Chunk(customers=cust, lines=order_lines, events=browse_events)
+
+
+@dataclass(frozen=True)
+class _Missions:
+    """Shopping missions of a chunk: each buys an anchor product, maybe after a session.
+
+    ``considered`` is the tier the customer looked at first; ``tier`` the tier bought (one
+    higher on an upgrade). A downsell puts the next tier in the cart, removes it and buys the
+    considered one.
+    """
+
+    customer: np.ndarray
+    ts: np.ndarray
+    quarter: np.ndarray
+    price_sensitivity: np.ndarray
+    category: np.ndarray
+    family: np.ndarray
+    considered: np.ndarray
+    tier: np.ndarray
+    brand: np.ndarray
+    product: np.ndarray
+    upgrade: np.ndarray
+    downsell: np.ndarray
+    has_session: np.ndarray
+
+    @property
+    def n(self) -> int:
+        """Number of missions."""
+        return len(self.customer)
+
+
+@dataclass(frozen=True)
+class _Sessions:
+    """End time and customer of a run of consecutive session keys."""
+
+    ts: np.ndarray
+    customer: np.ndarray
+
+
+def _draw_categories(
+    rng: np.random.Generator,
+    customer: np.ndarray,
+    day: np.ndarray,
+    cust: _Customers,
+    catalog: _Catalog,
+    calendar: _Calendar,
+) -> np.ndarray:
+    """The category a customer starts from: the favourite, or by persona and season."""
+    favorite = rng.random(len(customer)) < cust.favorite_share[customer]
     seasonal = catalog.category_sampler.sample(
-        rng, cust.group[m_cust] * 2 + calendar.is_gift(m_day)
+        rng, cust.group[customer] * 2 + calendar.is_gift(day)
     )
-    m_cat = np.where(favorite, cust.favorite[m_cust], seasonal)
-    m_fam = catalog.draw_families(rng, m_cat, m_quarter)
-    considered = _draw_tiers(rng, m_ps)
+    return np.where(favorite, cust.favorite[customer], seasonal)
+
+
+def _draw_missions(
+    rng: np.random.Generator, cust: _Customers, catalog: _Catalog, calendar: _Calendar
+) -> _Missions:
+    """When each mission happens, its category, family, tiers and product."""
+    M = int(cust.n_missions.sum())
+    customer = np.repeat(np.arange(cust.n), cust.n_missions)
+    day = calendar.draw_days(rng, cust.first_day[customer])
+    quarter = calendar.quarter_of(day)
+    ps = cust.price_sensitivity[customer]
+    category = _draw_categories(rng, customer, day, cust, catalog, calendar)
+    family = catalog.draw_families(rng, category, quarter)
+    considered = _draw_tiers(rng, ps)
     has_next = considered < N_TIERS
-    upgrade = has_next & (rng.random(M) < _UPGRADE_RATE * cust.upgrade_propensity[m_cust])
-    downsell = has_next & ~upgrade & (rng.random(M) < _DOWNSELL_RATE * m_ps)
-    m_tier = considered + upgrade
-    m_brand = _draw_brands(rng, M)
-    m_prod = _product_index(m_fam, m_tier, m_brand)
-    lines.add(customer=m_cust, product=m_prod, ts=m_ts, order=np.arange(M))
-
-    # The mission's session: compare, consider a tier, maybe up- or downsell, add to cart.
-    grocery = catalog.category_is_grocery[m_cat]
+    upgrade = has_next & (rng.random(M) < _UPGRADE_RATE * cust.upgrade_propensity[customer])
+    downsell = has_next & ~upgrade & (rng.random(M) < _DOWNSELL_RATE * ps)
+    tier = considered + upgrade
+    brand = _draw_brands(rng, M)
+    grocery = catalog.category_is_grocery[category]
     session_share = np.where(grocery, _SESSION_SHARE_GROCERY, _SESSION_SHARE_OTHER)
-    has_session = upgrade | downsell | (rng.random(M) < session_share)
-    sm = np.flatnonzero(has_session & (rng.random(M) < _COMPARISON_VIEW_SHARE))
-    other = catalog.draw_families(rng, m_cat[sm], m_quarter[sm])
-    events.add(
-        session=sm,
-        product=_product_index(other, considered[sm], m_brand[sm]),
-        event_type=_VIEW_CODE,
-        slot=0,
+    return _Missions(
+        customer=customer,
+        ts=calendar.draw_times(rng, day),
+        quarter=quarter,
+        price_sensitivity=ps,
+        category=category,
+        family=family,
+        considered=considered,
+        tier=tier,
+        brand=brand,
+        product=_product_index(family, tier, brand),
+        upgrade=upgrade,
+        downsell=downsell,
+        has_session=upgrade | downsell | (rng.random(M) < session_share),
     )
-    sm = np.flatnonzero(has_session)
-    events.add(
-        session=sm,
-        product=_product_index(m_fam[sm], considered[sm], m_brand[sm]),
-        event_type=_VIEW_CODE,
-        slot=1,
-    )
-    sm = np.flatnonzero(upgrade | downsell)
-    next_prod = _product_index(m_fam[sm], considered[sm] + 1, m_brand[sm])
-    events.add(session=sm, product=next_prod, event_type=_VIEW_CODE, slot=2)
-    sm = np.flatnonzero(downsell)
-    next_prod = _product_index(m_fam[sm], considered[sm] + 1, m_brand[sm])
-    events.add(session=sm, product=next_prod, event_type=_ADD_CODE, slot=3)
-    events.add(session=sm, product=next_prod, event_type=_REMOVE_CODE, slot=4)
-    sm = np.flatnonzero(has_session)
-    events.add(session=sm, product=m_prod[sm], event_type=_ADD_CODE, slot=5)
 
-    # Grocery missions fill a basket with more grocery lines.
-    hh = cust.household[m_cust]
-    n_extra = np.where(
-        grocery, rng.poisson(_GROCERY_EXTRA_LINES[0] + _GROCERY_EXTRA_LINES[1] * (hh - 1)), 0
-    )
-    e_m = np.repeat(np.arange(M), n_extra)
-    e_cat = catalog.grocery_sampler.sample(rng, cust.group[m_cust[e_m]])
-    e_fam = catalog.draw_families(rng, e_cat, m_quarter[e_m])
-    e_tier = _draw_tiers(rng, m_ps[e_m])
-    e_prod = _product_index(e_fam, e_tier, _draw_brands(rng, len(e_m)))
-    lines.add(customer=m_cust[e_m], product=e_prod, ts=m_ts[e_m], order=e_m)
-    se = np.flatnonzero(has_session[e_m])
-    events.add(session=e_m[se], product=e_prod[se], event_type=_ADD_CODE, slot=6)
 
-    # Complements of every anchor line (mission anchors and basket lines), same order or later.
-    a_m = np.concatenate([np.arange(M), e_m])
-    a_cat = np.concatenate([m_cat, e_cat])
-    a_fam = np.concatenate([m_fam, e_fam])
-    a_tier = np.concatenate([m_tier, e_tier])
-    follow_ts = m_ts + rng.integers(_FOLLOW_UP_DAYS[0] * DAY_S, _FOLLOW_UP_DAYS[1] * DAY_S, M)
+def _add_missions(
+    rng: np.random.Generator,
+    missions: _Missions,
+    catalog: _Catalog,
+    lines: _Collector,
+    events: _Collector,
+) -> None:
+    """The anchor line of every mission and its session.
+
+    Session: maybe a view of another family, a view of the considered tier, on an upgrade or
+    downsell a view of the next tier (a downsell also adds and removes it), then the bought
+    product goes to the cart.
+    """
+    m = missions
+    lines.add(customer=m.customer, product=m.product, ts=m.ts, order=np.arange(m.n))
+    sm = np.flatnonzero(m.has_session & (rng.random(m.n) < _COMPARISON_VIEW_SHARE))
+    other = catalog.draw_families(rng, m.category[sm], m.quarter[sm])
+    compared = _product_index(other, m.considered[sm], m.brand[sm])
+    events.add(session=sm, product=compared, event_type=_VIEW_CODE, slot=0)
+    sm = np.flatnonzero(m.has_session)
+    considered = _product_index(m.family[sm], m.considered[sm], m.brand[sm])
+    events.add(session=sm, product=considered, event_type=_VIEW_CODE, slot=1)
+    sm = np.flatnonzero(m.upgrade | m.downsell)
+    next_tier = _product_index(m.family[sm], m.considered[sm] + 1, m.brand[sm])
+    events.add(session=sm, product=next_tier, event_type=_VIEW_CODE, slot=2)
+    sm = np.flatnonzero(m.downsell)
+    next_tier = _product_index(m.family[sm], m.considered[sm] + 1, m.brand[sm])
+    events.add(session=sm, product=next_tier, event_type=_ADD_CODE, slot=3)
+    events.add(session=sm, product=next_tier, event_type=_REMOVE_CODE, slot=4)
+    sm = np.flatnonzero(m.has_session)
+    events.add(session=sm, product=m.product[sm], event_type=_ADD_CODE, slot=5)
+
+
+@dataclass(frozen=True)
+class _Anchors:
+    """Lines that can pull complements: mission anchors and grocery basket lines."""
+
+    mission: np.ndarray
+    category: np.ndarray
+    family: np.ndarray
+    tier: np.ndarray
+
+
+def _add_baskets(
+    rng: np.random.Generator,
+    missions: _Missions,
+    cust: _Customers,
+    catalog: _Catalog,
+    lines: _Collector,
+    events: _Collector,
+) -> _Anchors:
+    """More grocery lines in grocery missions (bigger households, bigger baskets)."""
+    m = missions
+    household = cust.household[m.customer]
+    mean_extra = _GROCERY_EXTRA_LINES[0] + _GROCERY_EXTRA_LINES[1] * (household - 1)
+    n_extra = np.where(catalog.category_is_grocery[m.category], rng.poisson(mean_extra), 0)
+    e_m = np.repeat(np.arange(m.n), n_extra)
+    category = catalog.grocery_sampler.sample(rng, cust.group[m.customer[e_m]])
+    family = catalog.draw_families(rng, category, m.quarter[e_m])
+    tier = _draw_tiers(rng, m.price_sensitivity[e_m])
+    product = _product_index(family, tier, _draw_brands(rng, len(e_m)))
+    lines.add(customer=m.customer[e_m], product=product, ts=m.ts[e_m], order=e_m)
+    se = np.flatnonzero(m.has_session[e_m])
+    events.add(session=e_m[se], product=product[se], event_type=_ADD_CODE, slot=6)
+    return _Anchors(
+        mission=np.concatenate([np.arange(m.n), e_m]),
+        category=np.concatenate([m.category, category]),
+        family=np.concatenate([m.family, family]),
+        tier=np.concatenate([m.tier, tier]),
+    )
+
+
+def _add_complements(
+    rng: np.random.Generator,
+    missions: _Missions,
+    anchors: _Anchors,
+    cust: _Customers,
+    catalog: _Catalog,
+    calendar: _Calendar,
+    lines: _Collector,
+    events: _Collector,
+) -> np.ndarray:
+    """Planted complements of anchor lines, in the same order or a follow-up order.
+
+    The complement is usually the family compatible with the anchor's family, often at the
+    anchor's tier. Bought in the same order it goes to the mission's cart (sometimes after a
+    view); bought later it gets a follow-up session. Complements not bought are sometimes
+    viewed. One-time customers buy their complements in the same order.
+
+    Returns:
+        The follow-up order time of every mission (used or not).
+    """
+    m = missions
+    M = m.n
+    follow_ts = m.ts + rng.integers(_FOLLOW_UP_DAYS[0] * DAY_S, _FOLLOW_UP_DAYS[1] * DAY_S, M)
     category_index = {c.name: k for k, c in enumerate(CATEGORIES)}
     for r, rel in enumerate(COMPLEMENTS):
-        sel = np.flatnonzero(a_cat == category_index[rel.category])
-        if len(sel) == 0:
-            continue
-        mm = a_m[sel]
-        c = m_cust[mm]
+        sel = np.flatnonzero(anchors.category == category_index[rel.category])
         k = len(sel)
-        multiplier = 0.4 + 1.2 * cust.cross_sell_propensity[c]
+        mm = anchors.mission[sel]
+        c = m.customer[mm]
+        multiplier = (
+            _CROSS_SELL_MULTIPLIER[0] + _CROSS_SELL_MULTIPLIER[1] * (cust.cross_sell_propensity[c])
+        )
         hit = rng.random(k) < np.minimum(0.95, rel.strength * multiplier)
         same = (rng.random(k) < rel.same_order_share) | cust.one_time[c]
         target = np.full(k, category_index[rel.complement])
-        fam = np.where(
+        family = np.where(
             rng.random(k) < _COMPATIBLE_FAMILY_SHARE,
-            catalog.compatible[a_fam[sel], r],
-            catalog.draw_families(rng, target, m_quarter[mm]),
+            catalog.compatible[anchors.family[sel], r],
+            catalog.draw_families(rng, target, m.quarter[mm]),
         )
         tier = np.where(
-            rng.random(k) < _SAME_TIER_COMPLEMENT_SHARE, a_tier[sel], _draw_tiers(rng, m_ps[mm])
+            rng.random(k) < _SAME_TIER_COMPLEMENT_SHARE,
+            anchors.tier[sel],
+            _draw_tiers(rng, m.price_sensitivity[mm]),
         )
-        prod = _product_index(fam, tier, _draw_brands(rng, k))
+        prod = _product_index(family, tier, _draw_brands(rng, k))
 
         now = hit & same
-        lines.add(customer=c[now], product=prod[now], ts=m_ts[mm[now]], order=mm[now])
-        seen = now & has_session[mm]
+        lines.add(customer=c[now], product=prod[now], ts=m.ts[mm[now]], order=mm[now])
+        seen = now & m.has_session[mm]
         viewed = seen & (rng.random(k) < _COMPLEMENT_VIEW_SHARE)
         events.add(session=mm[viewed], product=prod[viewed], event_type=_VIEW_CODE, slot=6)
         events.add(session=mm[seen], product=prod[seen], event_type=_ADD_CODE, slot=7)
 
-        later = hit & ~same & (follow_ts[mm] < end_s)
+        later = hit & ~same & (follow_ts[mm] < calendar.end_s)
         lines.add(
             customer=c[later], product=prod[later], ts=follow_ts[mm[later]], order=M + mm[later]
         )
@@ -1076,89 +1250,107 @@ def _simulate_chunk(
         events.add(session=M + mm[viewed], product=prod[viewed], event_type=_VIEW_CODE, slot=1)
         events.add(session=M + mm[later], product=prod[later], event_type=_ADD_CODE, slot=5)
 
-        missed = ~hit & has_session[mm] & (rng.random(k) < _MISSED_COMPLEMENT_VIEW_SHARE)
+        missed = ~hit & m.has_session[mm] & (rng.random(k) < _MISSED_COMPLEMENT_VIEW_SHARE)
         events.add(session=mm[missed], product=prod[missed], event_type=_VIEW_CODE, slot=8)
+    return follow_ts
 
-    base_customer = lines.column("customer")
-    base_product = lines.column("product")
-    base_ts = lines.column("ts")
 
-    # Consumables start a repurchase rhythm (repeat customers only).
-    b_cat = catalog.product_category(base_product)
-    loyalty = cust.repeat_loyalty[base_customer]
+def _add_repurchases(
+    rng: np.random.Generator,
+    n_missions: int,
+    cust: _Customers,
+    catalog: _Catalog,
+    calendar: _Calendar,
+    lines: _Collector,
+    events: _Collector,
+) -> _Sessions:
+    """Consumables bought so far start a repurchase rhythm (repeat customers only).
+
+    A rhythm repeats the same product every category period (scaled per rhythm, with
+    jitter) for a geometric number of times, longer for loyal customers. Repurchases of one
+    customer on one day share an order; some orders have a cart session.
+
+    Returns:
+        End time and customer of every repurchase order (session keys ``2M + g``).
+    """
+    customer = lines.peek("customer")
+    product = lines.peek("product")
+    ts = lines.peek("ts")
+    category = catalog.product_category(product)
+    loyalty = cust.repeat_loyalty[customer]
     starts = np.flatnonzero(
-        catalog.category_is_consumable[b_cat]
-        & ~cust.one_time[base_customer]
-        & (rng.random(len(base_product)) < catalog.category_repeat_prob[b_cat] * loyalty)
+        catalog.category_is_consumable[category]
+        & ~cust.one_time[customer]
+        & (rng.random(len(product)) < catalog.category_repeat_prob[category] * loyalty)
     )
-    period = catalog.category_period_s[b_cat[starts]] * rng.uniform(0.7, 1.3, len(starts))
-    room = (end_s - 1 - base_ts[starts]) // period
-    n_rep = np.minimum(room, rng.geometric(0.15 + 0.35 * (1.0 - loyalty[starts]))).astype(np.int64)
+    period = catalog.category_period_s[category[starts]] * rng.uniform(
+        _PERIOD_SCALE[0], _PERIOD_SCALE[1], len(starts)
+    )
+    room = (calendar.end_s - 1 - ts[starts]) // period
+    stop = _REPEAT_STOP[0] + _REPEAT_STOP[1] * (1.0 - loyalty[starts])
+    n_rep = np.minimum(room, rng.geometric(stop)).astype(np.int64)
     src = np.repeat(starts, n_rep)
     k = np.arange(len(src)) - np.repeat(np.cumsum(n_rep) - n_rep, n_rep) + 1
     period_src = np.repeat(period, n_rep)
-    jitter = rng.uniform(-0.1, 0.1, len(src)) * period_src
-    r_ts = (base_ts[src] + k * period_src + jitter).astype(np.int64)
-    keep = r_ts < end_s
+    jitter = rng.uniform(-_PERIOD_JITTER, _PERIOD_JITTER, len(src)) * period_src
+    r_ts = (ts[src] + k * period_src + jitter).astype(np.int64)
+    keep = r_ts < calendar.end_s
     src, r_ts = src[keep], r_ts[keep]
-    # Repurchases of one customer on one day share an order, at the day's first time.
-    r_customer = base_customer[src]
-    day_key = r_customer * (calendar.burn_in + calendar.days) + calendar.day_of(r_ts)
-    idx = np.lexsort((r_ts, day_key))
-    first = np.ones(len(idx), dtype=bool)
-    first[1:] = day_key[idx[1:]] != day_key[idx[:-1]]
-    r_group = np.empty(len(idx), dtype=np.int64)
-    r_group[idx] = np.cumsum(first) - 1
+
+    r_customer = customer[src].astype(np.int64)
+    day = calendar.day_of(r_ts) + calendar.burn_in
+    day_key = r_customer * (calendar.burn_in + calendar.days) + day
+    idx = _sort_index(day_key, r_ts - calendar.start_s + calendar.burn_in * DAY_S)
+    first = _run_starts(day_key[idx])
+    group = np.empty(len(idx), dtype=np.int64)
+    group[idx] = np.cumsum(first) - 1
     g_ts = r_ts[idx[first]]
-    g_customer = r_customer[idx[first]]
-    G = len(g_ts)
-    lines.add(
-        customer=r_customer, product=base_product[src], ts=g_ts[r_group], order=2 * M + r_group
-    )
-    sr = np.flatnonzero((rng.random(G) < _REPEAT_SESSION_SHARE)[r_group])
-    events.add(
-        session=2 * M + r_group[sr], product=base_product[src[sr]], event_type=_ADD_CODE, slot=5
-    )
+    key = 2 * n_missions + group
+    lines.add(customer=r_customer, product=product[src], ts=g_ts[group], order=key)
+    sr = np.flatnonzero((rng.random(len(g_ts)) < _REPEAT_SESSION_SHARE)[group])
+    events.add(session=key[sr], product=product[src[sr]], event_type=_ADD_CODE, slot=5)
+    return _Sessions(ts=g_ts, customer=r_customer[idx[first]])
 
-    order_lines = _finish_lines(rng, lines, cust, catalog, calendar, return_key0=2 * M + G)
 
-    # Browse-only sessions.
-    n_browse = rng.poisson(_BROWSE_PER_MISSION * cust.n_missions + 0.3)
+def _add_browse_sessions(
+    rng: np.random.Generator,
+    cust: _Customers,
+    catalog: _Catalog,
+    calendar: _Calendar,
+    events: _Collector,
+    *,
+    key0: int,
+) -> _Sessions:
+    """Browse-only sessions: views in one category, sometimes an abandoned cart.
+
+    Returns:
+        End time and customer of every browse session (session keys ``key0 + b``).
+    """
+    n_browse = rng.poisson(_BROWSE_PER_MISSION * cust.n_missions + _BROWSE_BASE)
     B = int(n_browse.sum())
-    b_cust = np.repeat(np.arange(n), n_browse)
-    b_day = calendar.draw_days(rng, np.maximum(cust.first_day[b_cust], 0))
-    b_ts = calendar.draw_times(rng, b_day)
-    b_quarter = calendar.quarter_of(b_day)
-    favorite = rng.random(B) < cust.favorite_share[b_cust]
-    seasonal = catalog.category_sampler.sample(
-        rng, cust.group[b_cust] * 2 + calendar.is_gift(b_day)
-    )
-    b_cat = np.where(favorite, cust.favorite[b_cust], seasonal)
-    b_fam = catalog.draw_families(rng, b_cat, b_quarter)
-    n_views = 1 + rng.poisson(1.0, B)
-    v_b = np.repeat(np.arange(B), n_views)
-    v_slot = np.arange(len(v_b)) - np.repeat(np.cumsum(n_views) - n_views, n_views)
-    v_fam = np.where(
-        rng.random(len(v_b)) < _BROWSE_SAME_FAMILY_SHARE,
-        b_fam[v_b],
-        catalog.draw_families(rng, b_cat[v_b], b_quarter[v_b]),
-    )
-    v_prod = _product_index(
-        v_fam, _draw_tiers(rng, cust.price_sensitivity[b_cust[v_b]]), _draw_brands(rng, len(v_b))
-    )
-    b_key0 = 2 * M + G
-    events.add(session=b_key0 + v_b, product=v_prod, event_type=_VIEW_CODE, slot=v_slot)
-    first_view = np.cumsum(n_views) - n_views
-    ab = np.flatnonzero(rng.random(B) < _BROWSE_ABANDON_SHARE)
-    events.add(session=b_key0 + ab, product=v_prod[first_view[ab]], event_type=_ADD_CODE, slot=50)
-    events.add(
-        session=b_key0 + ab, product=v_prod[first_view[ab]], event_type=_REMOVE_CODE, slot=51
-    )
+    customer = np.repeat(np.arange(cust.n), n_browse)
+    day = calendar.draw_days(rng, np.maximum(cust.first_day[customer], 0))
+    quarter = calendar.quarter_of(day)
+    category = _draw_categories(rng, customer, day, cust, catalog, calendar)
+    family = catalog.draw_families(rng, category, quarter)
 
-    session_end = np.concatenate([m_ts, follow_ts, g_ts, b_ts])
-    session_customer = np.concatenate([m_cust, m_cust, g_customer, b_cust])
-    browse_events = _finish_events(rng, events, session_end, session_customer, calendar)
-    return _Chunk(customers=cust, lines=order_lines, events=browse_events)
+    n_views = 1 + rng.poisson(_BROWSE_EXTRA_VIEWS, B)
+    first_view = np.cumsum(n_views) - n_views
+    v_b = np.repeat(np.arange(B), n_views)
+    v_slot = np.minimum(np.arange(len(v_b)) - np.repeat(first_view, n_views), 49)
+    v_family = np.where(
+        rng.random(len(v_b)) < _BROWSE_SAME_FAMILY_SHARE,
+        family[v_b],
+        catalog.draw_families(rng, category[v_b], quarter[v_b]),
+    )
+    v_tier = _draw_tiers(rng, cust.price_sensitivity[customer[v_b]])
+    v_prod = _product_index(v_family, v_tier, _draw_brands(rng, len(v_b)))
+    events.add(session=key0 + v_b, product=v_prod, event_type=_VIEW_CODE, slot=v_slot)
+    ab = np.flatnonzero(rng.random(B) < _BROWSE_ABANDON_SHARE)
+    abandoned = v_prod[first_view[ab]]
+    events.add(session=key0 + ab, product=abandoned, event_type=_ADD_CODE, slot=50)
+    events.add(session=key0 + ab, product=abandoned, event_type=_REMOVE_CODE, slot=51)
+    return _Sessions(ts=calendar.draw_times(rng, day), customer=customer)
 
 
 def _draw_customers(
@@ -1195,8 +1387,8 @@ def _draw_customers(
     favorite = catalog.favorite_sampler.sample(rng, group)
     favorite_share = rng.beta(*_FAVORITE_SHARE_BETA, n)
 
-    remaining = np.maximum((calendar.days - first_day) / calendar.days, 0.05)
-    mean_extra = _BASE_MISSIONS * (0.8 + 0.1 * household) * _ACTIVITY_BY_INCOME[income] * remaining
+    years = np.maximum((calendar.days - first_day) / 365.0, 0.01)  # simulated window
+    mean_extra = _BASE_MISSIONS * (0.8 + 0.1 * household) * _ACTIVITY_BY_INCOME[income] * years
     extra = rng.negative_binomial(
         _MISSION_DISPERSION, _MISSION_DISPERSION / (_MISSION_DISPERSION + mean_extra)
     )
@@ -1231,18 +1423,18 @@ def _finish_lines(
     return_key0: int,
 ) -> _Lines:
     """Deduplicate, price, add returns, sort and number the orders of a chunk's lines."""
-    customer = lines.column("customer")
-    product = lines.column("product")
-    ts = lines.column("ts")
-    order = lines.column("order")
+    customer = lines.pop("customer")
+    product = lines.pop("product")
+    ts = lines.pop("ts")
+    order = lines.pop("order")
 
     # Only the period (the burn-in seeded rhythms), one line per product and order.
     inside = ts >= calendar.start_s
     customer, product, ts, order = customer[inside], product[inside], ts[inside], order[inside]
-    idx = np.lexsort((product, order))
-    dup = np.zeros(len(idx), dtype=bool)
-    dup[1:] = (order[idx[1:]] == order[idx[:-1]]) & (product[idx[1:]] == product[idx[:-1]])
-    keep = np.sort(idx[~dup])
+    idx = _sort_index(order, product)
+    order_product = order[idx] * PRODUCTS_PER_FAMILY * len(catalog.family_category) + product[idx]
+    keep = np.ones(len(idx), dtype=bool)
+    keep[idx[~_run_starts(order_product)]] = False
     customer, product, ts, order = customer[keep], product[keep], ts[keep], order[keep]
 
     # Quantity and price paid.
@@ -1271,18 +1463,29 @@ def _finish_lines(
     unit_price = np.concatenate([unit_price, unit_price[returned]])
     quantity = np.concatenate([quantity, -quantity[returned]])
 
-    idx = np.lexsort((product, order, ts, customer))
-    order = order[idx]
-    new_order = np.zeros(len(idx), dtype=np.int64)
-    new_order[1:] = np.cumsum(order[1:] != order[:-1])
+    # Orders by customer, time and key (all lines of an order share customer and time), then
+    # lines by order and product.
+    present = np.zeros(int(order.max()) + 1 if len(order) else 0, dtype=bool)
+    present[order] = True
+    dense = np.cumsum(present) - 1
+    order = dense[order]
+    n_orders = int(present.sum())
+    order_customer = np.zeros(n_orders, dtype=np.int64)
+    order_customer[order] = customer
+    order_ts = np.zeros(n_orders, dtype=np.int64)
+    order_ts[order] = ts - calendar.start_s
+    rank = np.empty(n_orders, dtype=np.int64)
+    rank[_sort_index(order_customer, order_ts)] = np.arange(n_orders)
+    order = rank[order]
+    idx = _sort_index(order, product)
     return _Lines(
         customer=customer[idx],
         product=product[idx],
         ts=ts[idx],
-        order=new_order,
+        order=order[idx],
         unit_price=unit_price[idx],
         quantity=quantity[idx],
-        n_orders=int(new_order[-1]) + 1 if len(idx) else 0,
+        n_orders=n_orders,
     )
 
 
@@ -1298,17 +1501,15 @@ def _finish_events(
     Events of a session are spaced by a per-session step and end one step before the
     session's end time (the order's timestamp), so each precedes the order it leads to.
     """
-    session = events.column("session")
-    product = events.column("product")
-    event_type = events.column("event_type")
-    slot = events.column("slot")
-
-    idx = np.lexsort((slot, session))
-    session, product, event_type = session[idx], product[idx], event_type[idx]
+    session = events.pop("session")
+    slot = events.pop("slot")
+    idx = _sort_index(session, slot)
+    del slot
+    session = session[idx]
+    product = events.pop("product")[idx]
+    event_type = events.pop("event_type")[idx]
     n = len(session)
-    new_session = np.ones(n, dtype=bool)
-    new_session[1:] = session[1:] != session[:-1]
-    first = np.flatnonzero(new_session)
+    first = np.flatnonzero(_run_starts(session))
     size = np.diff(np.append(first, n))
     rank = np.arange(n) - np.repeat(first, size)
     count = np.repeat(size, size)
@@ -1319,18 +1520,25 @@ def _finish_events(
     session, product, event_type, ts, rank = (
         session[keep], product[keep], event_type[keep], ts[keep], rank[keep]
     )  # fmt: skip
-    customer = session_customer[session]
-    idx = np.lexsort((rank, session, session_end[session], customer))
-    session = session[idx]
-    new_id = np.zeros(len(idx), dtype=np.int64)
-    new_id[1:] = np.cumsum(session[1:] != session[:-1])
+    # Sessions by customer, end time and key, then events by session and rank. ``session`` is
+    # still sorted, so its runs are the used sessions in key order.
+    starts = _run_starts(session)
+    dense = np.cumsum(starts) - 1
+    used = session[starts]
+    n_sessions = len(used)
+    order = np.empty(n_sessions, dtype=np.int64)
+    order[_sort_index(session_customer[used], session_end[used] - calendar.start_s)] = np.arange(
+        n_sessions
+    )
+    session = order[dense]
+    idx = _sort_index(session, rank)
     return _Events(
-        customer=customer[idx],
+        customer=session_customer[used][dense[idx]],
         product=product[idx],
         ts=ts[idx],
         event_type=event_type[idx],
-        session=new_id,
-        n_sessions=int(new_id[-1]) + 1 if len(idx) else 0,
+        session=session[idx],
+        n_sessions=n_sessions,
     )
 
 
