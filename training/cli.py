@@ -79,3 +79,201 @@ def main() -> None:
     except DataValidationError as exc:
         typer.secho(f"invalid data: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    except (ValueError, OSError) as exc:  # bad config, queries file, model URI, ...
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML training config")]
+
+
+def _summary_table(result) -> None:
+    from features import schema as s
+
+    typer.echo("")
+    typer.echo(
+        f"{'task':<11} {'model ndcg@10':>14} {'best baseline':>28} {'ratio':>7} {'cand. recall':>13}"
+    )
+    for task in s.TASKS:
+        ev = result.evaluations[task]
+        model = ev.metrics["ndcg_at_10"]
+        base = ev.metrics[f"baseline_{ev.best_baseline}.ndcg_at_10"]
+        ratio = model / base if base > 0 else float("inf")
+        label = f"{ev.best_baseline} {base:.4f}"
+        typer.echo(
+            f"{task:<11} {model:>14.4f} {label:>28} {ratio:>7.2f} {ev.metrics['candidate_recall']:>13.3f}"
+        )
+        if model <= base:
+            typer.secho(
+                f"  {task}: the model does NOT beat the best baseline", fg=typer.colors.YELLOW
+            )
+    verdict = "promoted to champion" if result.promoted else "not promoted"
+    typer.echo(
+        f"\nregistered version {result.version} (alias challenger): {verdict}: {result.reason}"
+    )
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option(help="Shop folder")],
+    train_until: Annotated[
+        str | None,
+        typer.Option(help="Last moment the run learns from (default: hold out the last test_days)"),
+    ] = None,
+    config: ConfigOpt = None,
+    experiment: Annotated[str | None, typer.Option(help="MLflow experiment name")] = None,
+) -> None:
+    """Train both rankers, evaluate against baselines, register, promote if better."""
+    import pandas as pd
+
+    from training.config import TrainConfig
+    from training.train import train
+
+    cfg = TrainConfig.from_yaml(config)
+    result = train(
+        data,
+        config=cfg,
+        train_until=pd.Timestamp(train_until) if train_until else None,
+        experiment=experiment,
+        progress=lambda msg: typer.echo(f"  .. {msg}"),
+    )
+    _summary_table(result)
+    typer.echo(f"run {result.run_id}")
+    typer.echo("view:  xsell ui   (MLflow UI on http://127.0.0.1:5000)")
+    typer.echo("serve: xsell serve   (POST http://127.0.0.1:3000/recommend)")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    data: Annotated[Path, typer.Option(help="Shop folder")],
+    model: Annotated[
+        str, typer.Option(help="Model URI or folder")
+    ] = "models:/xsell-ranker@champion",
+    start: Annotated[
+        str | None, typer.Option(help="Holdout start (default: the model's data end)")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Holdout end (default: last purchase)")] = None,
+) -> None:
+    """Evaluate a model version against the baselines on a holdout window."""
+    import pandas as pd
+
+    from features.io import load_shop
+    from training.evaluate import evaluate_model, holdout_sets
+    from training.model import load_model
+    from training.tracking import Tracker
+
+    Tracker(experiment="xsell-evaluate")  # points MLflow at the local store
+    xm = load_model(model)
+    shop = load_shop(data)
+    lo = pd.Timestamp(start) if start else xm.snapshot.as_of_timestamp
+    hi = pd.Timestamp(end) if end else shop.time_range()[1] + pd.Timedelta(seconds=1)
+    evals = evaluate_model(xm, holdout_sets(xm, shop, start=lo, end=hi, seed=0))
+    for task, ev in evals.items():
+        typer.echo(
+            f"{task}: {int(ev.metrics['n_queries'])} queries, candidate recall {ev.metrics['candidate_recall']:.3f}"
+        )
+        names = [
+            "model",
+            *sorted(
+                {
+                    k.split(".")[0][len("baseline_") :]
+                    for k in ev.metrics
+                    if k.startswith("baseline_")
+                }
+            ),
+        ]
+        for name in names:
+            prefix = "" if name == "model" else f"baseline_{name}."
+            row = "  ".join(
+                f"ndcg@{k}={ev.metrics[f'{prefix}ndcg_at_{k}']:.4f}" for k in (1, 3, 10)
+            )
+            typer.echo(f"  {name:<28} {row}  mrr={ev.metrics[f'{prefix}mrr']:.4f}")
+
+
+@app.command("promote")
+def promote_cmd(
+    version: Annotated[int, typer.Argument(help="Registered version to make champion")],
+    name: Annotated[str, typer.Option(help="Registered model name")] = "xsell-ranker",
+) -> None:
+    """Make VERSION the champion (manual override of the automatic gate)."""
+    from training.tracking import Tracker
+
+    tracker = Tracker(experiment="xsell-promote")
+    previous = tracker.promote(name, version)
+    typer.echo(f"{name} version {version} is now champion (was {previous})")
+
+
+@app.command("recommend")
+def recommend_cmd(
+    data: Annotated[Path, typer.Option(help="Shop folder (validated like for training)")],
+    queries: Annotated[Path, typer.Option(help="Queries file (.parquet, .csv or .jsonl)")],
+    out: Annotated[Path, typer.Option(help="Output file (.parquet or .csv)")],
+    model: Annotated[
+        str, typer.Option(help="Model URI or folder")
+    ] = "models:/xsell-ranker@champion",
+) -> None:
+    """Batch scoring: query_id, task, rank, product_id, score for every query."""
+    from features.io import load_shop
+    from training.model import load_model
+    from training.recommend import read_queries, write_recommendations
+    from training.tracking import Tracker
+
+    load_shop(data)  # the same validation as training: fail early on a broken shop
+    Tracker(experiment="xsell-recommend")
+    xm = load_model(model)
+    frame = read_queries(queries)
+    result = xm.recommend(frame)
+    write_recommendations(result, out)
+    typer.echo(
+        f"wrote {len(result):,d} recommendations for {frame['query_id'].nunique():,d} queries to {out}"
+    )
+
+
+@app.command("ui")
+def ui_cmd(port: Annotated[int, typer.Option(help="Port")] = 5000) -> None:
+    """Open the MLflow UI on the local store (bound to 127.0.0.1)."""
+    import os
+    import subprocess
+
+    from training.tracking import artifact_root, tracking_uri
+
+    uri = tracking_uri()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        uri,
+    ]
+    root = artifact_root()
+    if root is not None:
+        cmd += ["--default-artifact-root", root.as_uri()]
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop")
+    subprocess.run(cmd, env=env, check=False)
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for the synthetic shop")] = Path("data/demo"),
+    customers: Annotated[int, typer.Option(help="Customers in the synthetic shop")] = 5000,
+    seed: Annotated[int, typer.Option(help="Seed")] = 7,
+) -> None:
+    """The main job on the built-in synthetic shop: generate, validate, train, evaluate, register."""
+    from features.io import load_shop, shop_report
+    from features.synthetic import generate_shop
+
+    typer.echo(f"1/3 generating a synthetic shop with {customers:,d} customers in {out}")
+    generate_shop(out, n_customers=customers, seed=seed)
+    typer.echo("2/3 validating")
+    for line in shop_report(load_shop(out)).lines():
+        typer.echo(f"  {line}")
+    typer.echo("3/3 training, evaluating, registering, promoting")
+    train_cmd(data=out, train_until=None, config=None, experiment="xsell-demo")

@@ -1,0 +1,69 @@
+"""Typed, frozen training configuration loaded from YAML (every field has a default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from features.config import FeatureConfig
+
+
+class RankerConfig(BaseModel):
+    """LightGBM lambdarank hyperparameters (one ranker per task uses the same settings)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(31, ge=2)
+    min_data_in_leaf: int = Field(40, ge=1)
+    feature_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_fraction: float = Field(0.8, gt=0, le=1)
+    bagging_freq: int = Field(1, ge=0)
+    lambda_l2: float = Field(1.0, ge=0)
+    max_rounds: int = Field(400, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    lambdarank_truncation_level: int = Field(20, ge=1)
+    num_threads: int = Field(2, ge=1)
+
+
+class SplitConfig(BaseModel):
+    """Time windows of the split. ``train_until`` defaults to the last ``test_days`` of data."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    train_days: int = Field(98, ge=7)
+    validation_days: int = Field(28, ge=1)
+    test_days: int = Field(28, ge=1)
+    step_days: int = Field(14, ge=1)
+    max_queries_per_cutoff: int | None = Field(4000, ge=1)
+
+
+class TrainConfig(BaseModel):
+    """Everything ``xsell train`` needs; ``xsell train --config FILE`` overrides any field."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seed: int = 7
+    features: FeatureConfig = FeatureConfig()
+    ranker: RankerConfig = RankerConfig()
+    split: SplitConfig = SplitConfig()
+    primary_metric: str = "ndcg_at_10"
+    promotion_margin: float = Field(0.0, ge=0)
+    model_name: str = "xsell-ranker"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None) -> TrainConfig:
+        """Load a YAML file (None: defaults). Unknown keys are an error."""
+        if path is None:
+            return cls()
+        data: Any = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the config must be a mapping")
+        return cls.model_validate(data)
+
+    def to_yaml(self) -> str:
+        """The resolved configuration as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,344 @@
+"""The training job: split, build features, fit both rankers, evaluate, track, register, promote.
+
+``train(data_dir, config)`` is what ``xsell train`` runs. The run is recorded in MLflow even when
+it fails (status FAILED); aliases change only at the very end, after everything succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from features import schema as s
+from features.io import Shop, load_shop
+from features.matrix import categorical_features
+from features.pipeline import TaskSet, build_task_set
+from features.snapshot import FeatureSnapshot, build_snapshot
+from training.config import TrainConfig
+from training.evaluate import KS, TaskEvaluation, evaluate_model, holdout_sets
+from training.model import XsellModel, XsellPyfunc, load_model
+from training.ranker import fit_ranker
+from training.tracking import CHALLENGER, CHAMPION, Tracker, promotion_decision
+
+log = logging.getLogger(__name__)
+
+PIP_REQUIREMENTS = ["lightgbm", "numpy", "scipy", "pandas", "pyarrow", "mlflow"]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Time windows of one run (fit and validation queries end before ``train_until``)."""
+
+    fit_start: pd.Timestamp
+    valid_start: pd.Timestamp
+    valid_end: pd.Timestamp
+    train_until: pd.Timestamp
+    test_end: pd.Timestamp
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    run_id: str
+    version: int
+    evaluations: dict[str, TaskEvaluation]
+    champion_metrics: dict[str, float] | None
+    promoted: bool
+    reason: str
+    split: Split
+
+
+def make_split(shop: Shop, config: TrainConfig, train_until: pd.Timestamp | None) -> Split:
+    """Fit on ``[fit_start, valid_start)``, early-stop on ``[valid_start, valid_end)``, test on
+    ``[train_until, test_end)``. Validation labels end by ``train_until``."""
+    sc = config.split
+    first, last = shop.time_range()
+    until = (
+        pd.Timestamp(train_until)
+        if train_until is not None
+        else (last - pd.Timedelta(days=sc.test_days)).normalize()
+    )
+    label_days = max(config.features.cross_sell_window_days, config.features.upsell_window_days)
+    valid_end = until - pd.Timedelta(days=label_days)
+    valid_start = valid_end - pd.Timedelta(days=sc.validation_days)
+    fit_start = max(
+        valid_start - pd.Timedelta(days=sc.train_days),
+        first.normalize() + pd.Timedelta(days=sc.step_days),
+    )
+    if fit_start >= valid_start:
+        raise ValueError(
+            f"not enough history: data starts {first}, validation starts {valid_start}"
+        )
+    return Split(fit_start, valid_start, valid_end, until, until + pd.Timedelta(days=sc.test_days))
+
+
+def data_fingerprint(folder: Path) -> str:
+    """SHA-256 over the shop's table files (names and bytes)."""
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*")):
+        if path.is_file() and path.suffix in (".parquet", ".csv"):
+            h.update(path.name.encode())
+            with path.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+def git_commit() -> str:
+    """The current git commit, or "unknown"."""
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _flat(evals: dict[str, TaskEvaluation]) -> dict[str, float]:
+    return {f"{task}.{k}": v for task, ev in evals.items() for k, v in ev.metrics.items()}
+
+
+def _importance_figure(model: XsellModel):
+    fig, axes = plt.subplots(1, len(model.boosters), figsize=(12, 7))
+    for ax, (task, booster) in zip(np.atleast_1d(axes), model.boosters.items(), strict=True):
+        gain = booster.feature_importance("gain")
+        names = booster.feature_name()
+        order = np.argsort(gain)[-20:]
+        ax.barh([names[i] for i in order], gain[order])
+        ax.set_title(f"{task}: top features by gain")
+    fig.tight_layout()
+    return fig
+
+
+def _metric_vs_k_figure(evals: dict[str, TaskEvaluation]):
+    fig, axes = plt.subplots(1, len(evals), figsize=(11, 4))
+    for ax, (task, ev) in zip(np.atleast_1d(axes), evals.items(), strict=True):
+        ax.plot(KS, [ev.metrics[f"ndcg_at_{k}"] for k in KS], marker="o", label="model")
+        best = ev.best_baseline
+        ax.plot(
+            KS,
+            [ev.metrics[f"baseline_{best}.ndcg_at_{k}"] for k in KS],
+            marker="s",
+            label=f"best baseline ({best})",
+        )
+        ax.set_xlabel("k")
+        ax.set_ylabel("NDCG@k")
+        ax.set_title(task)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def train(
+    data: str | Path,
+    *,
+    config: TrainConfig | None = None,
+    train_until: pd.Timestamp | None = None,
+    root: Path | None = None,
+    experiment: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Run the whole training job on a shop folder.
+
+    Args:
+        data: Shop folder.
+        config: Training configuration (defaults when None).
+        train_until: Last moment the run learns from (default: the last ``test_days`` of data
+            are held out).
+        root: MLflow store folder (default: ``MLFLOW_TRACKING_URI`` or the repo's ``mlruns/``).
+        experiment: Experiment name (default: ``xsell-<data folder name>``).
+        progress: Called with short progress messages.
+    """
+    cfg = config or TrainConfig()
+    say = progress or (lambda msg: log.info(msg))
+    data = Path(data)
+    shop = load_shop(data)
+    split = make_split(shop, cfg, train_until)
+    tracker = Tracker(experiment=experiment or f"xsell-{data.resolve().name}", root=root)
+    first, last = shop.time_range()
+    tags = {
+        "git_commit": git_commit(),
+        "data_dir": str(data.resolve()),
+        "data_fingerprint": data_fingerprint(data),
+        "rows.customers": len(shop.customers),
+        "rows.products": len(shop.products),
+        "rows.purchases": len(shop.purchases),
+        "rows.events": 0 if shop.events is None else len(shop.events),
+        "data_range": f"{first} .. {last}",
+        "train_range": f"{split.fit_start} .. {split.train_until}",
+        "test_range": f"{split.train_until} .. {split.test_end}",
+    }
+    with tracker.start_run(run_name=f"train-{split.train_until.date()}", tags=tags):
+        tracker.log_params(cfg.model_dump(mode="json"))
+        tracker.log_params({"train_until": str(split.train_until)})
+        tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
+        snapshots: dict[pd.Timestamp, FeatureSnapshot] = {}
+        boosters = {}
+        fit_sets: dict[str, TaskSet] = {}
+        for task in s.TASKS:
+            sets = {}
+            for name, lo, hi in (
+                ("fit", split.fit_start, split.valid_start),
+                ("validation", split.valid_start, split.valid_end),
+            ):
+                say(f"{task}: building {name} features")
+                sets[name] = build_task_set(
+                    shop,
+                    task=task,
+                    start=lo,
+                    end=hi,
+                    config=cfg.features,
+                    step_days=cfg.split.step_days,
+                    max_queries_per_cutoff=cfg.split.max_queries_per_cutoff,
+                    seed=cfg.seed,
+                    snapshots=snapshots,
+                    progress=say,
+                )
+            any_snap = next(iter(snapshots.values()))
+            say(f"{task}: fitting the ranker on {len(sets['fit']):,d} rows")
+            boosters[task] = fit_ranker(
+                sets["fit"],
+                sets["validation"],
+                categorical=list(categorical_features(any_snap)),
+                config=cfg.ranker,
+                seed=cfg.seed,
+            )
+            fit_sets[task] = sets["fit"]
+            tracker.log_metrics(
+                {
+                    f"{task}.best_iteration": float(boosters[task].best_iteration),
+                    f"{task}.fit_rows": float(len(sets["fit"])),
+                    f"{task}.fit_queries": float(len(sets["fit"].queries)),
+                }
+            )
+        snapshots.clear()
+        say(f"building the serving snapshot at {split.train_until}")
+        final_snapshot = build_snapshot(shop, as_of=split.train_until, config=cfg.features)
+        model = XsellModel(
+            snapshot=final_snapshot,
+            boosters=boosters,
+            meta={
+                "train_until": str(split.train_until),
+                "data_range": tags["data_range"],
+                "data_fingerprint": tags["data_fingerprint"],
+            },
+        )
+        say("evaluating on the holdout")
+        holdout = holdout_sets(
+            model, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
+        )
+        evals = evaluate_model(model, holdout, primary=cfg.primary_metric)
+        flat = _flat(evals)
+        tracker.log_metrics(flat)
+        for task, ev in evals.items():
+            tracker.log_table_csv(ev.per_segment.reset_index(), f"{task}/per_segment.csv")
+            recall = pd.DataFrame(
+                {"source": list(ev.candidate_recall), "recall": list(ev.candidate_recall.values())}
+            )
+            tracker.log_table_csv(recall, f"{task}/candidate_recall.csv")
+            tracker.log_metrics(
+                {f"{task}.candidate_recall.{k}": v for k, v in ev.candidate_recall.items()}
+            )
+            tracker.set_tags({f"{task}.best_baseline": ev.best_baseline})
+        tracker.log_figure(_importance_figure(model), "feature_importance.png")
+        tracker.log_figure(_metric_vs_k_figure(evals), "metric_vs_k.png")
+        plt.close("all")
+        sample = fit_sets[s.CROSS_SELL]
+        tracker.log_input(
+            pd.DataFrame(sample.X[:2000], columns=sample.columns),
+            name="cross_sell_fit_features",
+            context="training",
+        )
+        model.meta["metrics"] = {k: v for k, v in flat.items() if k.endswith(cfg.primary_metric)}
+        model.meta["run_id"] = tracker.run_id
+        input_example = _input_example(model, holdout)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = model.save(Path(tmp) / "xsell-model")
+            output_example = model.recommend(input_example)
+            say("logging and registering the model")
+            uri = tracker.log_model(
+                XsellPyfunc(),
+                folder,
+                input_example,
+                output_example,
+                pip_requirements=PIP_REQUIREMENTS,
+            )
+        version = tracker.register(uri, name=cfg.model_name)
+        # champion on the same holdout
+        champion_metrics = None
+        current = tracker.get_version_by_alias(cfg.model_name, CHAMPION)
+        primary = [f"{t}.{cfg.primary_metric}" for t in s.TASKS]
+        reason_extra = ""
+        if current is not None:
+            say(f"evaluating the champion (version {current.version}) on the same holdout")
+            try:
+                champ = load_model(f"models:/{cfg.model_name}/{int(current.version)}")
+                champ_sets = holdout_sets(
+                    champ, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
+                )
+                champion_metrics = _flat(evaluate_model(champ, champ_sets))
+            except ValueError as exc:
+                champion_metrics = {}
+                reason_extra = f" (champion not comparable on this holdout: {exc})"
+        decision = promotion_decision(
+            {k: flat[k] for k in primary},
+            None
+            if champion_metrics is None
+            else {k: champion_metrics.get(k, np.nan) for k in primary},
+            primary_metrics=primary,
+            margin=cfg.promotion_margin,
+        )
+        tracker.log_dict(decision.to_dict(), "promotion.json")
+        if champion_metrics:
+            tracker.log_metrics(
+                {f"champion.{k}": champion_metrics[k] for k in primary if k in champion_metrics}
+            )
+        tracker.set_tags({"promotion": "promoted" if decision.promote else "not promoted"})
+        run_id = tracker.run_id
+    # aliases only after the run finished successfully
+    tracker.set_alias(cfg.model_name, CHALLENGER, version)
+    if decision.promote:
+        tracker.promote(cfg.model_name, version)
+    return TrainResult(
+        run_id=run_id,
+        version=version,
+        evaluations=evals,
+        champion_metrics=champion_metrics,
+        promoted=decision.promote,
+        reason=decision.reason + reason_extra,
+        split=split,
+    )
+
+
+def _input_example(model: XsellModel, holdout: dict[str, TaskSet]) -> pd.DataFrame:
+    """A few real holdout queries in ``xsell recommend``'s input format."""
+    rows = holdout[s.UPSELL].queries.head(2) if s.UPSELL in holdout else pd.DataFrame()
+    cs = holdout[s.CROSS_SELL].queries.head(2)
+    ex = pd.concat([cs, rows], ignore_index=True)
+    return pd.DataFrame(
+        {
+            "query_id": ex["query_id"].astype(str),
+            "customer_id": ex[s.CUSTOMER_ID].astype(str),
+            "placement": ex["placement"].astype(str),
+            "anchor_product_id": ex["anchor_product_id"].astype(object),
+            "cart_product_ids": [
+                [str(model.snapshot.product_ids[int(model.snapshot.arrays["global_top"][0])])]
+                for _ in range(len(ex))
+            ],
+            "as_of": model.snapshot.as_of_timestamp,
+            "k": 3,
+        }
+    )
