@@ -35,7 +35,9 @@ REASONS = {
 
 def not_in_context(batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix) -> np.ndarray:
     """Products in the cart or the anchor itself are never recommended."""
-    ctx = PairLookup(indicator(batch.context_query, batch.context, (len(batch), snapshot.n_products)))
+    ctx = PairLookup(
+        indicator(batch.context_query, batch.context, (len(batch), snapshot.n_products))
+    )
     return ctx.get(fm.query, fm.product) == 0
 
 
@@ -44,13 +46,17 @@ def in_stock(batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix) ->
     return snapshot.arrays["in_stock"][fm.product]
 
 
-def not_owned_durable(batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix) -> np.ndarray:
+def not_owned_durable(
+    batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix
+) -> np.ndarray:
     """Durable products the customer already owns are suppressed (consumables are fine)."""
     owned = snapshot.lookups["owned"].get(batch.customer[fm.query], fm.product) > 0
     return ~owned | snapshot.arrays["is_consumable"][fm.product]
 
 
-def within_price_caps(batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix) -> np.ndarray:
+def within_price_caps(
+    batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix
+) -> np.ndarray:
     """Upsell: pricier than the anchor by at most the uplift cap. Cross-sell: at most
     ``cross_sell_price_cap`` times the context (cart or anchor) value."""
     cfg = snapshot.config

@@ -7,6 +7,7 @@ the same :func:`features.matrix.build_features` that serving calls for one query
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,7 +139,7 @@ def build_task_set(
     columns: list[str] = []
     sources: tuple[str, ...] = ()
     rng = np.random.default_rng(seed)
-    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+    for lo, hi in itertools.pairwise(cuts):
         lq = training_queries(shop, task=task, start=lo, end=hi, config=config)
         queries, labels = lq.queries, lq.labels
         if max_queries_per_cutoff is not None and len(queries) > max_queries_per_cutoff:
