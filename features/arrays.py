@@ -18,6 +18,12 @@ def group_starts(sorted_keys: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], change)).astype(np.int64)
 
 
+def _group_then_value_order(groups: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """Order by group, then ascending ``key``, ties by position (two stable sorts)."""
+    by_key = np.argsort(key, kind="stable")
+    return by_key[np.argsort(groups[by_key], kind="stable")]
+
+
 def rank_within(groups: np.ndarray, values: np.ndarray, *, descending: bool = True) -> np.ndarray:
     """1-based rank of each value inside its group (ties broken by position).
 
@@ -32,8 +38,9 @@ def rank_within(groups: np.ndarray, values: np.ndarray, *, descending: bool = Tr
     n = len(values)
     if n == 0:
         return np.zeros(0, dtype=np.int32)
+    values = np.asarray(values, dtype=np.float64)
     key = np.where(np.isnan(values), -np.inf if descending else np.inf, values)
-    order = np.lexsort((np.arange(n), -key if descending else key, groups))
+    order = _group_then_value_order(groups, -key if descending else key)
     g = groups[order]
     starts = group_starts(g)
     sizes = np.diff(np.append(starts, n))
@@ -49,22 +56,25 @@ def group_sizes(groups: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 def top_n_per_row(matrix: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``n`` largest stored entries of every row of a CSR matrix.
+    """The ``n`` largest positive stored entries of every row of a CSR matrix.
 
     Returns:
         ``(rows, cols, values)`` sorted by row, then by value descending, then column.
     """
-    m = matrix.tocsr()
+    m = sp.csr_matrix(matrix)
     m.sum_duplicates()
-    rows = np.repeat(np.arange(m.shape[0], dtype=np.int32), np.diff(m.indptr))
-    cols = m.indices.astype(np.int32)
+    rows = np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
+    cols = m.indices.astype(np.int64)
     vals = m.data.astype(np.float64)
     keep = vals > 0
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    order = np.lexsort((cols, -vals, rows))
+    order = _group_then_value_order(rows, -vals)
     rows, cols, vals = rows[order], cols[order], vals[order]
-    keep = rank_within(rows, vals) <= n
-    return rows[keep], cols[keep], vals[keep]
+    starts = group_starts(rows)
+    sizes = np.diff(np.append(starts, len(rows)))
+    pos = np.arange(len(rows)) - np.repeat(starts, sizes)
+    keep = pos < n
+    return rows[keep].astype(np.int32), cols[keep].astype(np.int32), vals[keep]
 
 
 def prune_rows(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:

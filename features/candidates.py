@@ -326,3 +326,37 @@ def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidat
     pos = rank_within(uq, -np.arange(len(uq), dtype=np.float64))
     keep = pos <= limit
     return Candidates(uq[keep], up[keep], scores[keep], ranks[keep], sources)
+
+
+def candidates_for_products(
+    batch: QueryBatch, snapshot: FeatureSnapshot, query: np.ndarray, product: np.ndarray
+) -> Candidates:
+    """Caller-chosen ``(query, product)`` pairs as candidates (re-ranking a given list).
+
+    Each pair keeps the source scores and ranks that :func:`collect_candidates` gives it; a
+    product no source proposes for that query (or beyond a source's ``per_source`` cut) has NaN
+    in every source column. No eligibility filter is applied: the caller owns the list.
+
+    Args:
+        batch: The queries.
+        snapshot: The snapshot of the batch.
+        query: Query position per pair.
+        product: Product position per pair (known products only).
+
+    Returns:
+        The pairs, grouped by query in their given order within a query.
+    """
+    collected = collect_candidates(batch, snapshot)
+    order = np.argsort(query, kind="stable")
+    query, product = query[order].astype(np.int64), product[order].astype(np.int64)
+    n_sources = len(collected.sources)
+    scores = np.full((len(query), n_sources), np.nan)
+    ranks = np.full((len(query), n_sources), np.nan)
+    have = collected.query * snapshot.n_products + collected.product
+    want = query * snapshot.n_products + product
+    by_key = np.argsort(have, kind="stable")
+    pos = np.minimum(np.searchsorted(have[by_key], want), max(len(have) - 1, 0))
+    found = np.flatnonzero(have[by_key][pos] == want) if len(have) else np.zeros(0, dtype=int)
+    scores[found] = collected.scores[by_key[pos[found]]]
+    ranks[found] = collected.ranks[by_key[pos[found]]]
+    return Candidates(query, product, scores, ranks, collected.sources)

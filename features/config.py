@@ -19,6 +19,7 @@ class FeatureConfig(BaseModel):
         upsell_candidates: Candidates kept per upsell query after merging sources.
         per_source: Candidates each source contributes per query before merging.
         cooc_neighbours: Neighbours kept per product in the co-occurrence tables.
+        min_pair_count: Product pairs seen together fewer times are ignored (noise).
         cooc_prior: Pseudo-count that shrinks co-occurrence lift toward 1 for rare pairs.
         sequential_window_days: "Bought A, then B within N days" window.
         session_gap_minutes: Events further apart than this start a new session when the
@@ -44,6 +45,7 @@ class FeatureConfig(BaseModel):
     per_source: int = Field(50, ge=1)
     cooc_neighbours: int = Field(100, ge=1)
     cooc_prior: float = Field(5.0, ge=0)
+    min_pair_count: int = Field(2, ge=1)
     sequential_window_days: int = Field(30, ge=1)
     session_gap_minutes: int = Field(30, ge=1)
     history_days: int | None = Field(365, ge=1)

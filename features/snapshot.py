@@ -55,7 +55,12 @@ def _lift(counts: sp.csr_matrix, n_a: np.ndarray, n_b: np.ndarray, n: float, pri
 
 
 def _cooccurrence(
-    group: np.ndarray, item: np.ndarray, n_items: int, prior: float, neighbours: int
+    group: np.ndarray,
+    item: np.ndarray,
+    n_items: int,
+    prior: float,
+    neighbours: int,
+    min_count: int = 1,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Item x item shrunk lift and confidence from (group, item) incidences.
 
@@ -70,6 +75,7 @@ def _cooccurrence(
     b = indicator(g, item, (int(g.max()) + 1, n_items))
     counts = (b.T @ b).tocsr()
     counts.setdiag(0)
+    counts.data[counts.data < min_count] = 0
     counts.eliminate_zeros()
     n_i = np.asarray(b.sum(axis=0)).ravel()
     lift = _lift(counts, n_i, n_i, b.shape[0], prior)
@@ -85,7 +91,12 @@ def _cooccurrence(
 
 
 def _sequential(
-    orders: pd.DataFrame, n_items: int, window_days: float, prior: float, neighbours: int
+    orders: pd.DataFrame,
+    n_items: int,
+    window_days: float,
+    prior: float,
+    neighbours: int,
+    min_count: int = 1,
 ) -> sp.csr_matrix:
     """Shrunk lift of "bought A in one order, then B in the customer's next order within N days".
 
@@ -107,6 +118,7 @@ def _sequential(
     bp, bn = b[pos_prev], b[pos_next]
     counts = (bp.T @ bn).tocsr()
     counts.setdiag(0)
+    counts.data[counts.data < min_count] = 0
     counts.eliminate_zeros()
     n_a = np.asarray(bp.sum(axis=0)).ravel()
     n_b = np.asarray(bn.sum(axis=0)).ravel()
@@ -168,6 +180,17 @@ class FeatureSnapshot:
     def n_customers(self) -> int:
         """Number of known customers."""
         return len(self.customer_ids)
+
+    def last_order(self, customer: int) -> np.ndarray:
+        """Product positions of the customer's most recent order before the cut-off.
+
+        Empty for an unknown customer (``customer < 0``), a customer without orders, or a snapshot
+        saved before the ``last_order`` table existed.
+        """
+        table = self.lookups.get("last_order")
+        if table is None or customer < 0:
+            return np.zeros(0, dtype=np.int64)
+        return table.row(customer)[0].astype(np.int64)
 
     @property
     def as_of_timestamp(self) -> pd.Timestamp:
@@ -281,7 +304,7 @@ def build_snapshot(
         ``last_day``, ``signup_day``, ``n_orders``, ``monetary``, ``price_level``,
         ``segment``, ``persona_<col>``. Lists: ``global_top``, ``trending_top``,
         ``trending_score``. Matrices: ``owned``, ``owned_consumable``, ``cat_spend``, ``cat_last_day``,
-        ``owns_family``, ``views_7``, ``views_30``, ``carts_7``, ``carts_30``,
+        ``owns_family``, ``last_order``, ``views_7``, ``views_30``, ``carts_7``, ``carts_30``,
         ``family_views_30``, ``last_session``, ``cooc``, ``cooc_conf``, ``sequential``,
         ``coview``, ``cocart``, ``category_assoc``, ``category_top``, ``segment_top``,
         ``upsell_pairs``, ``viewed_bought``.
@@ -435,16 +458,22 @@ def build_snapshot(
         ),
         shape=(n_c, len(category_levels)),
     )
+    mats["last_order"] = _last_orders(c_of[pos], order_codes[pos], days[pos], p_of[pos], n_c, n_p)
 
     # ---- co-occurrence tables ------------------------------------------------------------
     mats["cooc"], mats["cooc_conf"] = _cooccurrence(
-        order_codes[hist], p_of[hist], n_p, cfg.cooc_prior, cfg.cooc_neighbours
+        order_codes[hist], p_of[hist], n_p, cfg.cooc_prior, cfg.cooc_neighbours, cfg.min_pair_count
     )
     orders_df = pd.DataFrame(
         {"order": order_codes[hist], "customer": c_of[hist], "day": days[hist], "item": p_of[hist]}
     ).drop_duplicates(["order", "item"])
     mats["sequential"] = _sequential(
-        orders_df, n_p, cfg.sequential_window_days, cfg.cooc_prior, cfg.cooc_neighbours
+        orders_df,
+        n_p,
+        cfg.sequential_window_days,
+        cfg.cooc_prior,
+        cfg.cooc_neighbours,
+        cfg.min_pair_count,
     )
     cat_lift, _ = _cooccurrence(
         order_codes[hist], line_cat[hist], len(category_levels), cfg.cooc_prior, CATEGORY_NEIGHBOURS
@@ -510,6 +539,30 @@ def build_snapshot(
         arrays=a,
         matrices={k: sp.csr_matrix(v) for k, v in mats.items()},
     )
+
+
+def _last_orders(
+    customer: np.ndarray,
+    order: np.ndarray,
+    day: np.ndarray,
+    product: np.ndarray,
+    n_customers: int,
+    n_products: int,
+) -> sp.csr_matrix:
+    """Customer x product indicator of each customer's most recent order (latest day, then order).
+
+    Args:
+        customer, order, day, product: Aligned order lines (positive quantities only).
+    """
+    if len(customer) == 0:
+        return sp.csr_matrix((n_customers, n_products))
+    idx = np.lexsort((order, day, customer))
+    c, o = customer[idx], order[idx]
+    is_last = np.r_[c[1:] != c[:-1], True]
+    last = np.full(n_customers, -1, dtype=np.int64)
+    last[c[is_last]] = o[is_last]
+    keep = order == last[customer]
+    return indicator(customer[keep], product[keep], (n_customers, n_products))
 
 
 def _upsell_pairs(

@@ -17,9 +17,19 @@ import numpy as np
 import pandas as pd
 
 from features import schema as s
-from features.batch import QUERY_ID, K, QueryBatch, batch_from_frame, single_query
+from features.batch import (
+    ANCHOR,
+    CART,
+    PLACEMENT,
+    QUERY_ID,
+    K,
+    QueryBatch,
+    batch_from_frame,
+    single_query,
+)
+from features.candidates import candidates_for_products
 from features.guardrails import apply_guardrails, reasons
-from features.matrix import FeatureMatrix, build_features, feature_columns
+from features.matrix import FeatureMatrix, build_features, feature_columns, features_for_candidates
 from features.snapshot import FeatureSnapshot, to_days
 
 MODEL_FORMAT_VERSION = 1
@@ -31,6 +41,8 @@ PLACEMENT_TASKS = {
     "checkout": (s.CROSS_SELL,),
     "post_purchase": (s.CROSS_SELL,),
 }
+POST_PURCHASE = "post_purchase"
+RANKED_ON_REQUEST = "ranked for you"
 
 
 class ModelLoadError(ValueError):
@@ -114,11 +126,13 @@ class XsellModel:
             customer_id: The customer (unknown ids get popularity with ``fallback``).
             placement: One of ``schema.PLACEMENTS``.
             product_id: The viewed product (anchor), if any.
-            cart: Product ids in the cart (or the last order, post purchase).
+            cart: Product ids in the cart (or the last order, post purchase; empty: the
+                customer's most recent order in the snapshot).
             k: Task -> number of items wanted (0 skips the task).
             as_of: Request time; default the snapshot cut-off.
         """
         now = self.snapshot.as_of if as_of is None else max(to_days(as_of), self.snapshot.as_of)
+        cart = self.default_context(customer_id, placement, product_id, cart)
         out: dict[str, QueryResult] = {}
         for task in PLACEMENT_TASKS[placement]:
             want = int(k.get(task, 0))
@@ -135,6 +149,68 @@ class XsellModel:
             )
             out[task] = self._one(batch, want)
         return out
+
+    def default_context(
+        self, customer_id: str, placement: str, product_id: str | None, cart: list[str]
+    ) -> list[str]:
+        """The cart, or post purchase without cart or product, the customer's last order."""
+        if placement != POST_PURCHASE or cart or product_id is not None:
+            return cart
+        last = self.snapshot.last_order(self.snapshot.customer_index.get(customer_id, -1))
+        return self.snapshot.product_ids[last].tolist()
+
+    def score_products(
+        self,
+        *,
+        task: str,
+        customer_id: str,
+        placement: str,
+        product_id: str | None,
+        cart: list[str],
+        products: list[str],
+        as_of: pd.Timestamp | None = None,
+    ) -> QueryResult:
+        """Score a caller-supplied product list for one query (``POST /rank``), best first.
+
+        The features come from ``features.matrix.features_for_candidates`` on the given products;
+        source columns are NaN for products no candidate source proposes. No guardrail filters
+        the list; unknown product ids are reported in ``warnings``.
+        """
+        now = self.snapshot.as_of if as_of is None else max(to_days(as_of), self.snapshot.as_of)
+        cart = self.default_context(customer_id, placement, product_id, cart)
+        batch = single_query(
+            self.snapshot,
+            task=task,
+            customer_id=customer_id,
+            placement=placement,
+            anchor_product_id=product_id,
+            cart_product_ids=cart,
+            as_of=now,
+        )
+        index = self.snapshot.product_index
+        known = list(dict.fromkeys(p for p in products if p in index))
+        missing = list(dict.fromkeys(p for p in products if p not in index))
+        warnings = [f"unknown product id {p!r}" for p in (*batch.unknown_products[0], *missing)]
+        positions = np.asarray([index[p] for p in known], dtype=np.int64)
+        cands = candidates_for_products(
+            batch, self.snapshot, np.zeros(len(positions), dtype=np.int64), positions
+        )
+        fm = features_for_candidates(batch, self.snapshot, cands)
+        sc = self.score(fm, task)
+        rows = np.argsort(-sc, kind="stable")
+        proposed = ~np.isnan(cands.ranks).all(axis=1) if len(cands) else np.zeros(0, dtype=bool)
+        why = reasons(batch, self.snapshot, fm, rows)
+        price = self.snapshot.arrays["price"]
+        items = [
+            Recommendation(
+                product_id=str(self.snapshot.product_ids[fm.product[r]]),
+                score=float(sc[r]),
+                price=float(price[fm.product[r]]),
+                reason=w if proposed[r] else RANKED_ON_REQUEST,
+            )
+            for r, w in zip(rows.tolist(), why, strict=True)
+        ]
+        return QueryResult(items, bool(batch.customer[0] < 0), warnings)
 
     def _one(self, batch: QueryBatch, k: int) -> QueryResult:
         fm, sc, sel = self.rank(batch, np.asarray([k]))
@@ -182,6 +258,7 @@ class XsellModel:
                 sub = sub.loc[sub["anchor_product_id"].notna()].reset_index(drop=True)
             if len(sub) == 0:
                 continue
+            sub = self._with_default_context(sub)
             as_of = pd.to_datetime(sub["as_of"])
             sub = sub.assign(
                 as_of=as_of.where(
@@ -205,6 +282,20 @@ class XsellModel:
             return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
         out = pd.concat(frames, ignore_index=True)
         return out.sort_values([QUERY_ID, "task", "rank"], kind="stable").reset_index(drop=True)
+
+    def _with_default_context(self, queries: pd.DataFrame) -> pd.DataFrame:
+        """Queries with :meth:`default_context` applied (post purchase without a cart)."""
+        pp = queries[PLACEMENT].to_numpy() == POST_PURCHASE
+        if not pp.any():
+            return queries
+        carts = queries[CART].to_numpy(dtype=object).copy()
+        anchors = queries[ANCHOR].to_numpy(dtype=object)
+        customers = queries[s.CUSTOMER_ID].astype(str).to_numpy(dtype=object)
+        for i in np.flatnonzero(pp):
+            anchor = anchors[i] if isinstance(anchors[i], str) else None
+            cart = [] if carts[i] is None or isinstance(carts[i], float) else list(carts[i])
+            carts[i] = self.default_context(customers[i], POST_PURCHASE, anchor, cart)
+        return queries.assign(**{CART: carts})
 
     def save(self, folder: str | Path) -> Path:
         """Write ``meta.json``, ``<task>.txt`` boosters and ``snapshot/``."""
@@ -249,15 +340,23 @@ class XsellModel:
         return cls(snapshot=snapshot, boosters=boosters, meta=meta)
 
 
-def load_model(uri: str) -> XsellModel:
-    """Load from a local folder or an MLflow URI (``models:/xsell-ranker@champion``, ``runs:/``)."""
+def load_model(uri: str, *, dst_path: str | Path | None = None) -> XsellModel:
+    """Load from a local folder or an MLflow URI (``models:/xsell-ranker@champion``, ``runs:/``).
+
+    Args:
+        uri: A model folder or an MLflow model URI.
+        dst_path: Where MLflow downloads the artifacts (default: a new temporary folder); the
+            loaded model is fully in memory, so the caller may delete it afterwards.
+    """
     path = Path(uri)
     if path.is_dir():
         return XsellModel.load(path)
     import mlflow
 
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=uri.rstrip("/"))
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=uri.rstrip("/"), dst_path=None if dst_path is None else str(dst_path)
+        )
     except Exception as exc:  # MLflow raises several types for a bad URI
         raise ModelLoadError(f"cannot fetch model {uri}: {exc}") from exc
     candidates = [Path(local), *Path(local).rglob("meta.json")]

@@ -1,0 +1,337 @@
+"""The xsell prediction API: a BentoML 1.4 service around one :class:`XsellModel` version.
+
+The model (both rankers and the feature snapshot they were trained with) is loaded once per
+worker in ``__init__`` from ``$XSELL_MODEL_URI`` (default ``models:/xsell-ranker@champion`` in
+the local MLflow store, or a model folder written by ``XsellModel.save`` / ``xsell
+export-model``). Every API method validates the request with pydantic and calls the model:
+candidates, features, scores, guardrails and reasons all come from ``features/`` through
+``XsellModel``, the same code as training and ``xsell recommend``.
+
+Endpoints (JSON bodies are the request objects themselves, fields at the top level):
+
+- ``POST /recommend`` -> :class:`RecommendResponse`
+- ``POST /rank`` -> :class:`RankResponse` (score a caller-supplied product list)
+- ``GET /healthz`` (alive), ``GET /readyz`` (model loaded): BentoML's own probes
+- ``GET /model``: version, run id, training data range, headline metrics
+
+Bad input answers 400 (pydantic errors name the field in ``detail[].loc``), 413 (body over
+:data:`MAX_BODY_BYTES`) or 415 (a body that is not JSON); unknown customers and products are
+not errors (``fallback`` and ``warnings``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import bentoml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from features import schema as s
+from training.model import PLACEMENT_TASKS, QueryResult, XsellModel, load_model
+
+log = logging.getLogger(__name__)
+
+MODEL_URI_ENV = "XSELL_MODEL_URI"
+MODEL_VERSION_ENV = "XSELL_MODEL_VERSION"
+WORKERS_ENV = "XSELL_WORKERS"
+DEFAULT_MODEL_URI = "models:/xsell-ranker@champion"
+MAX_K = 50
+MAX_CART = 200
+MAX_ID_LENGTH = 128
+MAX_BODY_BYTES = 64 * 1024
+# Items per task when the request does not say (DESIGN.md: placement defaults 1-3).
+DEFAULT_K: dict[str, dict[str, int]] = {
+    "product_page": {s.UPSELL: 3, s.CROSS_SELL: 2},
+    "cart": {s.CROSS_SELL: 3},
+    "checkout": {s.CROSS_SELL: 3},
+    "post_purchase": {s.CROSS_SELL: 3},
+}
+
+Placement = Literal[s.PLACEMENTS]  # type: ignore[valid-type]
+Task = Literal[s.TASKS]  # type: ignore[valid-type]
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+Ids = Annotated[list[Id], Field(max_length=MAX_CART)]
+ItemCount = Annotated[int | None, Field(ge=0, le=MAX_K)]
+
+
+class _Request(BaseModel):
+    """Fields shared by every query: who, where, and the context."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    customer_id: Id = Field(description="Customer id; unknown ids get popular products.")
+    placement: Placement = Field(description="Where the list is shown.")
+    product_id: Id | None = Field(None, description="The viewed product (required on a product page).")
+    cart: Ids = Field(
+        default_factory=list,
+        description="Product ids in the cart (post_purchase: the order; empty: the last order).",
+    )
+
+
+class RecommendRequest(_Request):
+    """``POST /recommend``: cross-sells and upsells for one customer at one placement.
+
+    ``k_cross_sell`` / ``k_upsell`` are 0..50 (0 skips the task) and default per placement
+    (:data:`DEFAULT_K`); at least one task of the placement must ask for an item. Upsells need
+    a viewed product, so only ``product_page`` has them.
+    """
+
+    k_cross_sell: ItemCount = Field(None, description="Cross-sell items wanted (0..50).")
+    k_upsell: ItemCount = Field(None, description="Upsell items wanted (0..50, product page).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RecommendRequest:
+        if self.placement == "product_page" and self.product_id is None:
+            raise ValueError("product_id is required when placement is 'product_page'")
+        if not any(self.wanted().values()):
+            fields = " / ".join(f"k_{t}" for t in PLACEMENT_TASKS[self.placement])
+            raise ValueError(f"{fields}: ask for at least one item at {self.placement!r}")
+        return self
+
+    def wanted(self) -> dict[str, int]:
+        """Task -> items wanted, for the tasks of the placement."""
+        given = {s.CROSS_SELL: self.k_cross_sell, s.UPSELL: self.k_upsell}
+        default = DEFAULT_K[self.placement]
+        return {
+            t: default.get(t, 0) if given[t] is None else given[t]
+            for t in PLACEMENT_TASKS[self.placement]
+        }
+
+
+class RankRequest(_Request):
+    """``POST /rank``: score a caller-supplied product list for one customer and context."""
+
+    task: Task = Field(s.CROSS_SELL, description="Which ranker scores the list.")
+    products: Annotated[list[Id], Field(min_length=1, max_length=MAX_CART)] = Field(
+        description="Product ids to rank (1..200)."
+    )
+
+    @model_validator(mode="after")
+    def _anchor_for_upsell(self) -> RankRequest:
+        if self.task == s.UPSELL and self.product_id is None:
+            raise ValueError("product_id is required when task is 'upsell'")
+        return self
+
+
+class Item(BaseModel):
+    """One recommended product."""
+
+    product_id: str
+    score: float
+    price: float
+    reason: str
+
+
+class RecommendResponse(BaseModel):
+    """Cross-sell and upsell lists, best first, with the model version and flags."""
+
+    cross_sell: list[Item]
+    upsell: list[Item]
+    model_version: str
+    fallback: bool = Field(description="Popularity was used (unknown customer, cold start).")
+    warnings: list[str]
+
+
+class RankResponse(BaseModel):
+    """The given products that the model knows, best first, with their scores."""
+
+    task: str
+    items: list[Item]
+    model_version: str
+    fallback: bool
+    warnings: list[str]
+
+
+EXAMPLE_REQUEST: dict[str, Any] = {
+    "customer_id": "C0000001",
+    "placement": "product_page",
+    "product_id": "P00011",
+    "cart": [],
+    "k_cross_sell": 2,
+    "k_upsell": 3,
+}
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def _mlflow_version(uri: str) -> str:
+    """``name/version`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
+    from mlflow.tracking import MlflowClient
+
+    ref = uri.removeprefix("models:/").strip("/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
+    return ref
+
+
+def load_serving_model(uri: str) -> tuple[XsellModel, str]:
+    """Load one model version and name it.
+
+    Args:
+        uri: A model folder, or an MLflow URI in the store of ``training.tracking``
+            (``MLFLOW_TRACKING_URI`` or the repository's ``mlruns/``).
+
+    Returns:
+        The model and its version label: ``name/version`` for registry URIs, the folder's
+        recorded ``model_version`` (``xsell export-model``), else ``run:<run id>``.
+
+    Raises:
+        training.model.ModelLoadError: The URI names no loadable model.
+    """
+    if Path(uri).is_dir():
+        model = load_model(uri)
+        version = model.meta.get("model_version") or f"run:{model.meta.get('run_id', 'unknown')}"
+        return model, str(version)
+    import mlflow
+
+    from training.tracking import tracking_uri
+
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_registry_uri(tracking_uri())
+    with tempfile.TemporaryDirectory(prefix="xsell-model-") as tmp:
+        model = load_model(uri, dst_path=tmp)
+    version = _mlflow_version(uri) if uri.startswith("models:/") else None
+    return model, version or f"run:{model.meta.get('run_id', 'unknown')}"
+
+
+def export_model(uri: str, out: str | Path) -> tuple[Path, str]:
+    """Write the model of ``uri`` as a folder that records its version (for ``bentoml build``)."""
+    model, version = load_serving_model(uri)
+    model.meta["model_version"] = version
+    model.meta["source_uri"] = uri
+    return model.save(out), version
+
+
+def model_card(model: XsellModel, version: str) -> dict[str, Any]:
+    """What ``GET /model`` answers: version, run, data range and headline metrics."""
+    meta = model.meta
+    metrics = {k: v for k, v in meta.get("metrics", {}).items() if ".baseline_" not in k}
+    return {
+        "model_version": version,
+        "run_id": meta.get("run_id"),
+        "train_until": meta.get("train_until"),
+        "data_range": meta.get("data_range"),
+        "snapshot_as_of": str(model.snapshot.as_of_timestamp),
+        "metrics": metrics,
+        "customers": model.snapshot.n_customers,
+        "products": model.snapshot.n_products,
+    }
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+def _items(result: QueryResult | None) -> list[Item]:
+    if result is None:
+        return []
+    return [Item(**vars(r)) for r in result.items]
+
+
+def _warnings(*results: QueryResult | None) -> list[str]:
+    return list(dict.fromkeys(w for r in results if r is not None for w in r.warnings))
+
+
+class RequestGuard:
+    """ASGI middleware: a POST body must be JSON and at most ``MAX_BODY_BYTES`` long.
+
+    BentoML would also parse form and pickle bodies; refusing them here keeps every
+    malformed request a 4xx.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        media = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+        length = headers.get(b"content-length", b"0")
+        if media not in (b"application/json", b""):
+            response = JSONResponse({"error": "the body must be JSON (application/json)"}, 415)
+        elif not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            response = JSONResponse({"error": f"the body must be at most {MAX_BODY_BYTES} bytes"}, 413)
+        else:
+            return await self.app(scope, receive, send)
+        await response(scope, receive, send)
+
+
+async def _model_info(request: Request) -> JSONResponse:
+    service = bentoml.get_current_service()
+    return JSONResponse(model_card(service.model, service.version))
+
+
+info_app = Starlette(routes=[Route("/model", _model_info, methods=["GET"])])
+
+
+@bentoml.service(
+    name="xsell",
+    workers=int(os.environ.get(WORKERS_ENV, "1")),
+    traffic={"timeout": 10},
+)
+@bentoml.asgi_app(info_app, path="/")
+class XsellService:
+    """Loads one model version at start; each API method is one call into the model."""
+
+    def __init__(self) -> None:
+        uri = os.environ.get(MODEL_URI_ENV) or DEFAULT_MODEL_URI
+        self.model, version = load_serving_model(uri)
+        self.version = os.environ.get(MODEL_VERSION_ENV) or version
+        log.info("serving model %s from %s", self.version, uri)
+
+    def __is_ready__(self) -> bool:
+        return self.model is not None
+
+    @bentoml.api(route="/recommend", input_spec=RecommendRequest)
+    def recommend(self, **fields: Any) -> RecommendResponse:
+        """Cross-sells and upsells for one customer at one placement."""
+        req = RecommendRequest.model_construct(**fields)
+        out = self.model.recommend_one(
+            customer_id=req.customer_id,
+            placement=req.placement,
+            product_id=req.product_id,
+            cart=list(req.cart),
+            k=req.wanted(),
+        )
+        cross, up = out.get(s.CROSS_SELL), out.get(s.UPSELL)
+        return RecommendResponse(
+            cross_sell=_items(cross),
+            upsell=_items(up),
+            model_version=self.version,
+            fallback=any(r.fallback for r in out.values()),
+            warnings=_warnings(cross, up),
+        )
+
+    @bentoml.api(route="/rank", input_spec=RankRequest)
+    def rank(self, **fields: Any) -> RankResponse:
+        """Score a caller-supplied product list for one customer and context."""
+        req = RankRequest.model_construct(**fields)
+        result = self.model.score_products(
+            task=req.task,
+            customer_id=req.customer_id,
+            placement=req.placement,
+            product_id=req.product_id,
+            cart=list(req.cart),
+            products=list(req.products),
+        )
+        return RankResponse(
+            task=req.task,
+            items=_items(result),
+            model_version=self.version,
+            fallback=result.fallback,
+            warnings=_warnings(result),
+        )
+
+
+XsellService.add_asgi_middleware(RequestGuard)
