@@ -35,11 +35,10 @@ def run_one(customers: int, work: Path, n_single: int) -> dict:
     from features.batch import single_query
     from features.io import load_shop
     from features.matrix import build_features
-    from features.pipeline import build_task_set
     from features.snapshot import build_snapshot, to_days
     from features.synthetic import generate_shop
     from training.config import TrainConfig
-    from training.train import make_split
+    from training.train import fit_and_validation_sets, make_split
 
     shop_dir = work / f"shop-{customers}"
     if not (shop_dir / "purchases.parquet").exists():
@@ -51,20 +50,11 @@ def run_one(customers: int, work: Path, n_single: int) -> dict:
     n_queries = n_rows = 0
     snapshots: dict = {}
     for task in s.TASKS:
-        for lo, hi in ((split.fit_start, split.valid_start), (split.valid_start, split.valid_end)):
-            ts = build_task_set(
-                shop,
-                task=task,
-                start=lo,
-                end=hi,
-                config=cfg.features,
-                step_days=cfg.split.step_days,
-                max_queries_per_cutoff=cfg.split.max_queries_per_cutoff,
-                seed=cfg.seed,
-                snapshots=snapshots,
-            )
-            n_queries += len(ts.queries)
-            n_rows += len(ts)
+        sets = fit_and_validation_sets(
+            shop, task=task, config=cfg, split=split, snapshots=snapshots
+        )
+        n_queries += sum(len(ts.queries) for ts in sets.values())
+        n_rows += sum(len(ts) for ts in sets.values())
     build_s = time.perf_counter() - t0
     snapshots.clear()
 

@@ -142,6 +142,38 @@ def _metric_vs_k_figure(evals: dict[str, TaskEvaluation]):
     return fig
 
 
+def fit_and_validation_sets(
+    shop: Shop,
+    *,
+    task: str,
+    config: TrainConfig,
+    split: Split,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot],
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, TaskSet]:
+    """The ``fit`` and ``validation`` task sets of a split (rolling cut-offs, shared cache)."""
+    sets = {}
+    for name, lo, hi in (
+        ("fit", split.fit_start, split.valid_start),
+        ("validation", split.valid_start, split.valid_end),
+    ):
+        if progress is not None:
+            progress(f"{task}: building {name} features")
+        sets[name] = build_task_set(
+            shop,
+            task=task,
+            start=lo,
+            end=hi,
+            config=config.features,
+            step_days=config.split.step_days,
+            max_queries_per_cutoff=config.split.max_queries_per_cutoff,
+            seed=config.seed,
+            snapshots=snapshots,
+            progress=progress,
+        )
+    return sets
+
+
 def train(
     data: str | Path,
     *,
@@ -189,24 +221,9 @@ def train(
         boosters = {}
         fit_sets: dict[str, TaskSet] = {}
         for task in s.TASKS:
-            sets = {}
-            for name, lo, hi in (
-                ("fit", split.fit_start, split.valid_start),
-                ("validation", split.valid_start, split.valid_end),
-            ):
-                say(f"{task}: building {name} features")
-                sets[name] = build_task_set(
-                    shop,
-                    task=task,
-                    start=lo,
-                    end=hi,
-                    config=cfg.features,
-                    step_days=cfg.split.step_days,
-                    max_queries_per_cutoff=cfg.split.max_queries_per_cutoff,
-                    seed=cfg.seed,
-                    snapshots=snapshots,
-                    progress=say,
-                )
+            sets = fit_and_validation_sets(
+                shop, task=task, config=cfg, split=split, snapshots=snapshots, progress=say
+            )
             any_snap = next(iter(snapshots.values()))
             say(f"{task}: fitting the ranker on {len(sets['fit']):,d} rows")
             boosters[task] = fit_ranker(
