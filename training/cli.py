@@ -277,3 +277,34 @@ def demo_cmd(
         typer.echo(f"  {line}")
     typer.echo("3/3 training, evaluating, registering, promoting")
     train_cmd(data=out, train_until=None, config=None, experiment="xsell-demo")
+
+
+@app.command("serve")
+def serve_cmd(
+    port: Annotated[int, typer.Option(help="Port")] = 3000,
+    host: Annotated[str, typer.Option(help="Interface to bind")] = "127.0.0.1",
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model URI or folder [default: $XSELL_MODEL_URI or the champion]"),
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes (one model each)")] = 1,
+) -> None:
+    """Start the prediction API (BentoML) on one model version; Ctrl-C to stop."""
+    from serving.service import serve
+
+    typer.echo(f"xsell API on http://{host}:{port} (POST /recommend, /rank; GET /model)")
+    serve(model=model, host=host, port=port, workers=workers)
+
+
+@app.command("export-model")
+def export_model_cmd(
+    out: Annotated[Path, typer.Option(help="Folder to write")] = Path("bento_model"),
+    model: Annotated[
+        str, typer.Option(help="Model URI or folder")
+    ] = "models:/xsell-ranker@champion",
+) -> None:
+    """Write a model version as a folder (what `bentoml build` packages with the service)."""
+    from serving.service import export_model
+
+    folder, version = export_model(model, out)
+    typer.echo(f"wrote model {version} to {folder}")

@@ -250,6 +250,9 @@ class XsellModel:
         """
         if K not in queries.columns:
             raise ValueError("queries: missing column 'k'")
+        unknown = sorted(set(queries["placement"]) - set(PLACEMENT_TASKS), key=str)
+        if unknown:
+            raise ValueError(f"queries.placement: unknown placement(s) {unknown[:5]}")
         frames = []
         for task in (s.CROSS_SELL, s.UPSELL):
             wants = queries["placement"].map(lambda p, t=task: t in PLACEMENT_TASKS.get(p, ()))
@@ -321,8 +324,12 @@ class XsellModel:
             meta = json.loads((folder / "meta.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelLoadError(f"cannot read model metadata in {folder}: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise ModelLoadError(f"model metadata in {folder} is not a JSON object")
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
             raise ModelLoadError(f"model format {meta.get('format_version')} is not supported")
+        if not isinstance(meta.get("tasks"), list):
+            raise ModelLoadError(f"model metadata in {folder} lists no tasks")
         try:
             snapshot = FeatureSnapshot.load(folder / "snapshot")
         except ValueError as exc:

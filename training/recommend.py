@@ -24,16 +24,22 @@ def read_queries(path: str | Path) -> pd.DataFrame:
             frame = pd.read_json(path, lines=path.suffix == ".jsonl", dtype=False)
         else:
             frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-            frame[CART] = [json.loads(c) if c else [] for c in frame[CART]]
     except Exception as exc:  # any reader failure: a corrupt or unreadable file
         raise ValueError(f"queries file {path}: cannot read it: {exc}") from exc
     missing = [c for c in (*QUERY_COLUMNS, K) if c not in frame.columns]
     if missing:
         raise ValueError(f"queries file {path}: missing column(s) {missing}")
+    if path.suffix not in (".parquet", ".jsonl", ".json"):
+        try:
+            frame[CART] = [json.loads(c) if c else [] for c in frame[CART]]
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f'queries file {path}: {CART} must hold JSON lists like ["P1", "P2"]: {exc}'
+            ) from exc
     frame[ANCHOR] = frame[ANCHOR].where(frame[ANCHOR].notna() & (frame[ANCHOR] != ""), None)
     frame[CART] = [list(c) if c is not None else [] for c in frame[CART]]
     frame[K] = pd.to_numeric(frame[K], errors="coerce")
-    if frame[K].isna().any() or (frame[K] < 1).any():
+    if frame[K].isna().any() or (frame[K] < 1).any() or (frame[K] % 1 != 0).any():
         raise ValueError(f"queries file {path}: column k must be a whole number >= 1")
     frame["as_of"] = pd.to_datetime(frame["as_of"], errors="coerce")
     if frame["as_of"].isna().any():

@@ -293,7 +293,6 @@ def train(
                 output_example,
                 pip_requirements=PIP_REQUIREMENTS,
             )
-        version = tracker.register(uri, name=cfg.model_name)
         # champion on the same holdout
         champion_metrics = None
         current = tracker.get_version_by_alias(cfg.model_name, CHAMPION)
@@ -325,6 +324,8 @@ def train(
             )
         tracker.set_tags({"promotion": "promoted" if decision.promote else "not promoted"})
         run_id = tracker.run_id
+        # the last step of the run: a failure before this registers nothing
+        version = tracker.register(uri, name=cfg.model_name)
     # aliases only after the run finished successfully
     tracker.set_alias(cfg.model_name, CHALLENGER, version)
     if decision.promote:
