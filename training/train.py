@@ -306,7 +306,7 @@ def train(
                     champ, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
                 )
                 champion_metrics = _flat(evaluate_model(champ, champ_sets))
-            except ValueError as exc:
+            except (ValueError, KeyError, IndexError) as exc:
                 champion_metrics = {}
                 reason_extra = f" (champion not comparable on this holdout: {exc})"
         decision = promotion_decision(
