@@ -17,6 +17,7 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_isolation import clear_uri_env, forget_uris, no_uri_env  # noqa: F401
 
 from training.tracking import (
     CHALLENGER,
@@ -29,7 +30,6 @@ from training.tracking import (
     tracking_uri,
 )
 
-URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 PIP_REQUIREMENTS = ["mlflow", "pandas"]
 
 
@@ -44,33 +44,14 @@ class OffsetModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"score": 2.0 * model_input["x"].astype(float) + self.offset})
 
 
-def _clear_uri_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in URI_VARS:
-        monkeypatch.setenv(var, "")  # recorded, so the undo also removes what MLflow exports
-        monkeypatch.delenv(var)
-
-
-def _forget_uris() -> None:
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-
-
-@pytest.fixture(autouse=True)
-def no_uri_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No tracking URI from the environment; MLflow's exported URIs undone after each test."""
-    _clear_uri_env(monkeypatch)
-    yield
-    _forget_uris()
-
-
 @pytest.fixture(scope="module")
 def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An initialised, empty ``mlflow.db`` (creating the schema takes ~1 s; copying it, ms)."""
     root = tmp_path_factory.mktemp("template")
     with pytest.MonkeyPatch.context() as mp:
-        _clear_uri_env(mp)
+        clear_uri_env(mp)
         Tracker(experiment="template", root=root)
-        _forget_uris()
+        forget_uris()
     return root / "mlflow.db"
 
 
@@ -102,7 +83,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Iterator[
     (model_dir / "meta.json").write_text(json.dumps({"offset": 0.5}))
     example = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
     with pytest.MonkeyPatch.context() as mp:
-        _clear_uri_env(mp)
+        clear_uri_env(mp)
         tracker = Tracker(experiment="registry", root=root)
         with tracker.start_run("train") as run:
             uri = tracker.log_model(
@@ -112,7 +93,7 @@ def store(tmp_path_factory: pytest.TempPathFactory, empty_db: Path) -> Iterator[
                 pd.DataFrame({"score": [2.5, 4.5, 6.5]}),
                 pip_requirements=PIP_REQUIREMENTS,
             )
-        _forget_uris()
+        forget_uris()
     yield Store(root=root, model_uri=uri, run_id=run.info.run_id)
 
 

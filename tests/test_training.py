@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from mlflow_isolation import clear_uri_env, forget_uris, no_uri_env  # noqa: F401
 from typer.testing import CliRunner
 
 import training.train as train_module
@@ -51,7 +52,6 @@ SEED = 5
 EXPERIMENT = "t"
 MODEL_NAME = "xsell-ranker"
 UNKNOWN_CUSTOMER = "C-never-seen"
-URI_VARS = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 # One thread: OpenMP threads spin badly when the test machine's cores are shared.
 FAST = TrainConfig(
@@ -82,25 +82,6 @@ RANKING_METRICS = (
 # ------------------------------------------------------------------------------------------
 # Fixtures and helpers
 # ------------------------------------------------------------------------------------------
-
-
-def _clear_uri_env(mp: pytest.MonkeyPatch) -> None:
-    for var in URI_VARS:
-        mp.setenv(var, "")  # recorded, so the undo also removes what MLflow exports
-        mp.delenv(var)
-
-
-def _forget_uris() -> None:
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-
-
-@pytest.fixture(autouse=True)
-def no_uri_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No tracking URI from the environment; MLflow's exported URIs undone after each test."""
-    _clear_uri_env(monkeypatch)
-    yield
-    _forget_uris()
 
 
 @dataclass
@@ -152,12 +133,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         return booster
 
     with pytest.MonkeyPatch.context() as mp:
-        _clear_uri_env(mp)
+        clear_uri_env(mp)
         mp.setattr(train_module, "fit_ranker", spy)
         result = train(shop_dir, config=FAST, root=root, experiment=EXPERIMENT)
         uri = tracking_uri(root)
         aliases = _aliases(MlflowClient(tracking_uri=uri, registry_uri=uri))
-        _forget_uris()
+        forget_uris()
     return Trained(shop_dir, load_shop(shop_dir), root, result, aliases, fits)
 
 
@@ -178,7 +159,7 @@ def second_round(trained: Trained) -> SecondRound:
     """Train WEAK (registered, not promoted), then a WEAK run whose evaluation raises."""
     client = trained.client()
     with pytest.MonkeyPatch.context() as mp:
-        _clear_uri_env(mp)
+        clear_uri_env(mp)
         weak = train(trained.shop_dir, config=WEAK, root=trained.root, experiment=EXPERIMENT)
         aliases_after_weak = _aliases(client)
         versions_after_weak = _versions(client)
@@ -196,7 +177,7 @@ def second_round(trained: Trained) -> SecondRound:
         )
         aliases_after_failure = _aliases(client)
         versions_after_failure = _versions(client)
-        _forget_uris()
+        forget_uris()
     return SecondRound(
         weak,
         aliases_after_weak,
@@ -211,10 +192,10 @@ def second_round(trained: Trained) -> SecondRound:
 def model(trained: Trained) -> XsellModel:
     """Version 1, loaded back from the MLflow registry."""
     with pytest.MonkeyPatch.context() as mp:
-        _clear_uri_env(mp)
+        clear_uri_env(mp)
         Tracker(experiment=EXPERIMENT, root=trained.root)  # points MLflow at the store
         loaded = load_model(f"models:/{MODEL_NAME}/{trained.result.version}")
-        _forget_uris()
+        forget_uris()
     return loaded
 
 
