@@ -125,3 +125,33 @@ def indicator(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.
     m = sp.csr_matrix((data, (rows[keep], cols[keep])), shape=shape)
     m.data[:] = 1.0
     return m
+
+
+def row_combination(
+    matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nonzero entries of ``sum_i weights[i] * matrix[rows[i]]`` (weights default to 1).
+
+    This is the one-row case of ``x @ matrix`` for a sparse row ``x`` with entries ``weights``
+    at ``rows``, computed without building sparse matrices (the serving path). The products are
+    accumulated in the order of ``rows`` like SciPy's CSR product does, so when ``rows`` are in
+    ``x``'s stored order the values are bit-identical.
+
+    Returns:
+        ``(columns, values)``, columns ascending (int64), zero sums dropped.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    starts = matrix.indptr[rows].astype(np.int64)
+    sizes = matrix.indptr[rows + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    cols = matrix.indices[take]
+    vals = matrix.data[take]
+    if weights is not None:
+        vals = np.repeat(np.asarray(weights, dtype=np.float64), sizes) * vals
+    sums = np.bincount(cols, weights=vals, minlength=matrix.shape[1]) if len(cols) else None
+    if sums is None:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    present = np.zeros(matrix.shape[1], dtype=bool)
+    present[cols] = True
+    out = np.flatnonzero(present & (sums != 0))
+    return out.astype(np.int64), sums[out]

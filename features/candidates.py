@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from features import schema as s
-from features.arrays import PairLookup, indicator, rank_within
+from features.arrays import PairLookup, indicator, rank_within, row_combination
 from features.batch import QueryBatch
 from features.snapshot import FeatureSnapshot
 
@@ -113,51 +113,84 @@ def _context_matrix(batch: QueryBatch, snapshot: FeatureSnapshot) -> sp.csr_matr
 
 
 def _triples(scores: sp.spmatrix, source: str) -> CandidateSet:
-    c = sp.coo_matrix(scores)
+    c = scores if isinstance(scores, sp.csr_matrix) else sp.csr_matrix(scores)
+    rows = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
     keep = c.data > 0
-    q, p, v = c.row[keep].astype(np.int64), c.col[keep].astype(np.int64), c.data[keep]
+    q, p, v = rows[keep], c.indices[keep].astype(np.int64), c.data[keep]
     order = np.lexsort((p, q))
     return CandidateSet(source, q[order], p[order], v[order])
 
 
-def _via_product_table(batch: QueryBatch, snapshot: FeatureSnapshot, table: str) -> sp.csr_matrix:
-    return _context_matrix(batch, snapshot) @ snapshot.matrices[table]
+# One-query batches (the serving path) skip SciPy's sparse products: a 1-row product is a sum
+# of table rows (``row_combination``), accumulated in the order SciPy uses, so the candidates
+# and scores are bit-identical to the batch path (tests/test_features.py checks batch == one).
+
+
+def _one_row(source: str, cols: np.ndarray, vals: np.ndarray) -> CandidateSet:
+    keep = vals > 0
+    return CandidateSet(source, np.zeros(int(keep.sum()), dtype=np.int64), cols[keep], vals[keep])
+
+
+def _via_product_table(batch: QueryBatch, snapshot: FeatureSnapshot, table: str) -> CandidateSet:
+    """Products scored by the summed ``table`` rows of the query's context products."""
+    if len(batch) == 1:
+        cols, vals = row_combination(snapshot.matrices[table], np.unique(batch.context))
+        return _one_row(table, cols, vals)
+    return _triples(_context_matrix(batch, snapshot) @ snapshot.matrices[table], table)
 
 
 def candidates_from_cooc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """Products bought in the same orders as the context, scored by summed shrunk lift."""
-    return _triples(_via_product_table(batch, snapshot, "cooc"), "cooc")
+    return _via_product_table(batch, snapshot, "cooc")
 
 
 def candidates_from_repeat(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """The customer's own consumable products, scored by the quantity they bought."""
     known = np.flatnonzero(batch.customer >= 0)
+    table = snapshot.matrices["owned_consumable"]
+    if len(batch) == 1:
+        return _one_row("repeat", *row_combination(table, batch.customer[known]))
     x = indicator(known, batch.customer[known], (len(batch), snapshot.n_customers))
-    return _triples(x @ snapshot.matrices["owned_consumable"], "repeat")
+    return _triples(x @ table, "repeat")
 
 
 def candidates_from_sequential(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """Products bought in the next order after the context products, by summed lift."""
-    return _triples(_via_product_table(batch, snapshot, "sequential"), "sequential")
+    return _via_product_table(batch, snapshot, "sequential")
 
 
 def candidates_from_coview(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """Products viewed in the same sessions as the context (empty without events)."""
-    return _triples(_via_product_table(batch, snapshot, "coview"), "coview")
+    return _via_product_table(batch, snapshot, "coview")
 
 
 def candidates_from_cocart(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """Products added to cart in the same sessions as the context (empty without events)."""
-    return _triples(_via_product_table(batch, snapshot, "cocart"), "cocart")
+    return _via_product_table(batch, snapshot, "cocart")
 
 
 def candidates_from_category_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
     """Top products of the categories most associated with the context's categories."""
     n_cat = len(snapshot.category_levels)
     cats = snapshot.arrays["category"][batch.context]
+    assoc, top = snapshot.matrices["category_assoc"], snapshot.matrices["category_top"]
+    if len(batch) == 1:
+        # SciPy's product stores a row's columns in reverse order of first appearance; the
+        # second product sums in that order.
+        rows = np.unique(cats)
+        starts, ends = assoc.indptr[rows], assoc.indptr[rows + 1]
+        seen = np.concatenate(
+            [assoc.indices[lo:hi] for lo, hi in zip(starts, ends, strict=True)] or [[]]
+        ).astype(np.int64)
+        cols, vals = row_combination(assoc, rows)
+        _, first = np.unique(seen, return_index=True)
+        stored = seen[np.sort(first)][::-1]
+        weight = np.zeros(n_cat)
+        weight[cols] = vals
+        stored = stored[weight[stored] != 0]
+        return _one_row("category_assoc", *row_combination(top, stored, weight[stored]))
     xc = indicator(batch.context_query, cats, (len(batch), n_cat))
-    scores = (xc @ snapshot.matrices["category_assoc"]) @ snapshot.matrices["category_top"]
-    return _triples(scores, "category_assoc")
+    return _triples((xc @ assoc) @ top, "category_assoc")
 
 
 def _segment_of(batch: QueryBatch, snapshot: FeatureSnapshot) -> np.ndarray:
@@ -171,12 +204,19 @@ def candidates_from_segment_popular(batch: QueryBatch, snapshot: FeatureSnapshot
     """Most popular products of the customer's persona segment (global for unknown customers)."""
     seg = _segment_of(batch, snapshot)
     n_seg = len(snapshot.segment_levels)
+    top = snapshot.arrays["global_top"].astype(np.int64)
+    pop = snapshot.arrays[f"pop_{max(snapshot.config.popularity_windows_days)}"]
+    if len(batch) == 1:
+        if seg[0] >= 0:
+            return _one_row(
+                "segment_popular", *row_combination(snapshot.matrices["segment_top"], seg)
+            )
+        order = np.argsort(top, kind="stable")
+        return _one_row("segment_popular", top[order], pop[top][order])
     scores = (
         indicator(np.arange(len(batch)), seg, (len(batch), n_seg))
         @ snapshot.matrices["segment_top"]
     )
-    top = snapshot.arrays["global_top"].astype(np.int64)
-    pop = snapshot.arrays[f"pop_{max(snapshot.config.popularity_windows_days)}"]
     unknown = np.flatnonzero(seg < 0)
     glob = sp.csr_matrix(
         (
@@ -208,6 +248,9 @@ def upsell_universe(batch: QueryBatch, snapshot: FeatureSnapshot) -> tuple[np.nd
         ``(query, product, popularity_value)`` sorted by query then product.
     """
     has = np.flatnonzero(batch.anchor >= 0)
+    if len(batch) == 1:
+        p, v = row_combination(snapshot.matrices["upsell_pairs"], batch.anchor[has])
+        return np.zeros(len(p), dtype=np.int64), p, v
     x = indicator(has, batch.anchor[has], (len(batch), snapshot.n_products))
     c = sp.coo_matrix(x @ snapshot.matrices["upsell_pairs"])
     q, p = c.row.astype(np.int64), c.col.astype(np.int64)
@@ -279,6 +322,8 @@ def eligible(
     ok = ~owned | a["is_consumable"][product]
     if batch.task == s.CROSS_SELL and len(batch.context):
         fam = a["family"]
+        if len(batch) == 1:
+            return ok & ~np.isin(fam[product], fam[batch.context])
         ctx_fam = PairLookup(
             indicator(
                 batch.context_query, fam[batch.context], (len(batch), len(snapshot.family_levels))

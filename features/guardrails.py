@@ -35,6 +35,8 @@ REASONS = {
 
 def not_in_context(batch: QueryBatch, snapshot: FeatureSnapshot, fm: FeatureMatrix) -> np.ndarray:
     """Products in the cart or the anchor itself are never recommended."""
+    if len(batch) == 1:
+        return ~np.isin(fm.product, batch.context)
     ctx = PairLookup(
         indicator(batch.context_query, batch.context, (len(batch), snapshot.n_products))
     )

@@ -1,22 +1,29 @@
 """The xsell prediction API: a BentoML 1.4 service around one :class:`XsellModel` version.
 
 The model (both rankers and the feature snapshot they were trained with) is loaded once per
-worker in ``__init__`` from ``$XSELL_MODEL_URI`` (default ``models:/xsell-ranker@champion`` in
-the local MLflow store, or a model folder written by ``XsellModel.save`` / ``xsell
-export-model``). Every API method validates the request with pydantic and calls the model:
-candidates, features, scores, guardrails and reasons all come from ``features/`` through
-``XsellModel``, the same code as training and ``xsell recommend``.
+worker in ``__init__`` from :func:`default_model_uri`: ``$XSELL_MODEL_URI`` (a model folder or an
+MLflow URI of the local store), else the bundled ``bento_model/`` folder inside a bento, else
+``models:/xsell-ranker@champion``. Every API method validates the request with pydantic and makes
+one call into the model: candidates, features, scores, guardrails and reasons all come from
+``features/`` through ``XsellModel``, the same code as training and ``xsell recommend``.
 
 Endpoints (JSON bodies are the request objects themselves, fields at the top level):
 
 - ``POST /recommend`` -> :class:`RecommendResponse`
-- ``POST /rank`` -> :class:`RankResponse` (score a caller-supplied product list)
+- ``POST /rank`` -> :class:`RankResponse`: scores a caller-supplied product list with the
+  task's ranker (no guardrail removes anything; source features are NaN for products no
+  candidate source proposes)
 - ``GET /healthz`` (alive), ``GET /readyz`` (model loaded): BentoML's own probes
 - ``GET /model``: version, run id, training data range, headline metrics
 
-Bad input answers 400 (pydantic errors name the field in ``detail[].loc``), 413 (body over
-:data:`MAX_BODY_BYTES`) or 415 (a body that is not JSON); unknown customers and products are
-not errors (``fallback`` and ``warnings``).
+Bad input answers 400 (pydantic errors name the field in ``detail[].loc`` or the message),
+413 (body over :data:`MAX_BODY_BYTES`) or 415 (a body that is not JSON); unknown customers and
+products are not errors (``fallback`` and ``warnings``).
+
+The API methods are ``async`` on purpose: a request is ~2 ms of CPU-bound NumPy/LightGBM work
+that would gain nothing from a thread, and BentoML's thread hand-off (with the GIL held by the
+worker thread) cost ~2 ms of latency per request. Scale out with workers (``xsell serve
+--workers``), one model copy each.
 """
 
 from __future__ import annotations
@@ -36,14 +43,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from features import schema as s
-from training.model import PLACEMENT_TASKS, QueryResult, XsellModel, load_model
+from training.model import PLACEMENT_TASKS, ModelLoadError, QueryResult, XsellModel, load_model
 
 log = logging.getLogger(__name__)
 
 MODEL_URI_ENV = "XSELL_MODEL_URI"
-MODEL_VERSION_ENV = "XSELL_MODEL_VERSION"
 WORKERS_ENV = "XSELL_WORKERS"
 DEFAULT_MODEL_URI = "models:/xsell-ranker@champion"
+# The folder `xsell export-model` writes and bentofile.yaml packages into a bento.
+BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "bento_model"
 MAX_K = 50
 MAX_CART = 200
 MAX_ID_LENGTH = 128
@@ -70,7 +78,9 @@ class _Request(BaseModel):
 
     customer_id: Id = Field(description="Customer id; unknown ids get popular products.")
     placement: Placement = Field(description="Where the list is shown.")
-    product_id: Id | None = Field(None, description="The viewed product (required on a product page).")
+    product_id: Id | None = Field(
+        None, description="The viewed product (required on a product page)."
+    )
     cart: Ids = Field(
         default_factory=list,
         description="Product ids in the cart (post_purchase: the order; empty: the last order).",
@@ -96,6 +106,12 @@ class RecommendRequest(_Request):
             fields = " / ".join(f"k_{t}" for t in PLACEMENT_TASKS[self.placement])
             raise ValueError(f"{fields}: ask for at least one item at {self.placement!r}")
         return self
+
+    def notes(self) -> list[str]:
+        """Warnings about request fields that the placement ignores."""
+        if self.k_upsell and s.UPSELL not in PLACEMENT_TASKS[self.placement]:
+            return [f"k_upsell ignored: upsells are for product_page, not {self.placement}"]
+        return []
 
     def wanted(self) -> dict[str, int]:
         """Task -> items wanted, for the tasks of the placement."""
@@ -154,7 +170,7 @@ class RankResponse(BaseModel):
 EXAMPLE_REQUEST: dict[str, Any] = {
     "customer_id": "C0000001",
     "placement": "product_page",
-    "product_id": "P00011",
+    "product_id": "P00002",
     "cart": [],
     "k_cross_sell": 2,
     "k_upsell": 3,
@@ -164,15 +180,26 @@ EXAMPLE_REQUEST: dict[str, Any] = {
 # --------------------------------------------------------------------------- model loading
 
 
-def _mlflow_version(uri: str) -> str:
+def _registered_version(uri: str) -> str:
     """``name/version`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
     from mlflow.tracking import MlflowClient
 
     ref = uri.removeprefix("models:/").strip("/")
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
+    if "@" not in ref:
+        return ref
+    name, alias = ref.split("@", 1)
+    try:
         return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
-    return ref
+    except Exception as exc:  # MLflow raises several types for a missing model or alias
+        raise ModelLoadError(f"cannot resolve {uri}: {exc}") from exc
+
+
+def default_model_uri() -> str:
+    """``$XSELL_MODEL_URI``, else the bundled ``bento_model/`` folder (in a bento), else the
+    champion of the local MLflow store."""
+    if uri := os.environ.get(MODEL_URI_ENV):
+        return uri
+    return str(BUNDLED_MODEL) if BUNDLED_MODEL.is_dir() else DEFAULT_MODEL_URI
 
 
 def load_serving_model(uri: str) -> tuple[XsellModel, str]:
@@ -199,9 +226,12 @@ def load_serving_model(uri: str) -> tuple[XsellModel, str]:
 
     mlflow.set_tracking_uri(tracking_uri())
     mlflow.set_registry_uri(tracking_uri())
+    version = None
+    if uri.startswith("models:/"):
+        version = _registered_version(uri)  # pin the alias: load exactly that version
+        uri = f"models:/{version}"
     with tempfile.TemporaryDirectory(prefix="xsell-model-") as tmp:
         model = load_model(uri, dst_path=tmp)
-    version = _mlflow_version(uri) if uri.startswith("models:/") else None
     return model, version or f"run:{model.meta.get('run_id', 'unknown')}"
 
 
@@ -211,6 +241,25 @@ def export_model(uri: str, out: str | Path) -> tuple[Path, str]:
     model.meta["model_version"] = version
     model.meta["source_uri"] = uri
     return model.save(out), version
+
+
+def serve(*, model: str | None, host: str, port: int, workers: int) -> None:
+    """Run the service on ``host:port`` until interrupted (``xsell serve``).
+
+    An MLflow URI is resolved and downloaded once, here, into a temporary folder that every
+    worker loads (and that is deleted on exit); a folder is served as it is.
+    """
+    uri = model or os.environ.get(MODEL_URI_ENV) or DEFAULT_MODEL_URI
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    with tempfile.TemporaryDirectory(prefix="xsell-serve-") as tmp:
+        if Path(uri).is_dir():
+            folder = Path(uri).resolve()
+        else:
+            folder, _ = export_model(uri, Path(tmp) / "model")
+        os.environ[MODEL_URI_ENV] = str(folder)
+        os.environ[WORKERS_ENV] = str(workers)
+        XsellService.config["workers"] = workers
+        XsellService.serve_http(host=host, port=port)
 
 
 def model_card(model: XsellModel, version: str) -> dict[str, Any]:
@@ -261,7 +310,9 @@ class RequestGuard:
         if media not in (b"application/json", b""):
             response = JSONResponse({"error": "the body must be JSON (application/json)"}, 415)
         elif not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            response = JSONResponse({"error": f"the body must be at most {MAX_BODY_BYTES} bytes"}, 413)
+            response = JSONResponse(
+                {"error": f"the body must be at most {MAX_BODY_BYTES} bytes"}, 413
+            )
         else:
             return await self.app(scope, receive, send)
         await response(scope, receive, send)
@@ -285,16 +336,15 @@ class XsellService:
     """Loads one model version at start; each API method is one call into the model."""
 
     def __init__(self) -> None:
-        uri = os.environ.get(MODEL_URI_ENV) or DEFAULT_MODEL_URI
-        self.model, version = load_serving_model(uri)
-        self.version = os.environ.get(MODEL_VERSION_ENV) or version
+        uri = default_model_uri()
+        self.model, self.version = load_serving_model(uri)
         log.info("serving model %s from %s", self.version, uri)
 
     def __is_ready__(self) -> bool:
         return self.model is not None
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
-    def recommend(self, **fields: Any) -> RecommendResponse:
+    async def recommend(self, **fields: Any) -> RecommendResponse:
         """Cross-sells and upsells for one customer at one placement."""
         req = RecommendRequest.model_construct(**fields)
         out = self.model.recommend_one(
@@ -310,11 +360,11 @@ class XsellService:
             upsell=_items(up),
             model_version=self.version,
             fallback=any(r.fallback for r in out.values()),
-            warnings=_warnings(cross, up),
+            warnings=req.notes() + _warnings(cross, up),
         )
 
     @bentoml.api(route="/rank", input_spec=RankRequest)
-    def rank(self, **fields: Any) -> RankResponse:
+    async def rank(self, **fields: Any) -> RankResponse:
         """Score a caller-supplied product list for one customer and context."""
         req = RankRequest.model_construct(**fields)
         result = self.model.score_products(
