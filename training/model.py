@@ -131,24 +131,43 @@ class XsellModel:
             k: Task -> number of items wanted (0 skips the task).
             as_of: Request time; default the snapshot cut-off.
         """
-        now = self.snapshot.as_of if as_of is None else max(to_days(as_of), self.snapshot.as_of)
-        cart = self.default_context(customer_id, placement, product_id, cart)
         out: dict[str, QueryResult] = {}
         for task in PLACEMENT_TASKS[placement]:
             want = int(k.get(task, 0))
             if want <= 0:
                 continue
-            batch = single_query(
-                self.snapshot,
+            batch = self.request_batch(
                 task=task,
                 customer_id=customer_id,
                 placement=placement,
-                anchor_product_id=product_id,
-                cart_product_ids=cart,
-                as_of=now,
+                product_id=product_id,
+                cart=cart,
+                as_of=as_of,
             )
             out[task] = self._one(batch, want)
         return out
+
+    def request_batch(
+        self,
+        *,
+        task: str,
+        customer_id: str,
+        placement: str,
+        product_id: str | None,
+        cart: list[str],
+        as_of: pd.Timestamp | None,
+    ) -> QueryBatch:
+        """The one-query batch of a request: default context, time clamped to the cut-off."""
+        now = self.snapshot.as_of if as_of is None else max(to_days(as_of), self.snapshot.as_of)
+        return single_query(
+            self.snapshot,
+            task=task,
+            customer_id=customer_id,
+            placement=placement,
+            anchor_product_id=product_id,
+            cart_product_ids=self.default_context(customer_id, placement, product_id, cart),
+            as_of=now,
+        )
 
     def default_context(
         self, customer_id: str, placement: str, product_id: str | None, cart: list[str]
@@ -176,16 +195,13 @@ class XsellModel:
         source columns are NaN for products no candidate source proposes. No guardrail filters
         the list; unknown product ids are reported in ``warnings``.
         """
-        now = self.snapshot.as_of if as_of is None else max(to_days(as_of), self.snapshot.as_of)
-        cart = self.default_context(customer_id, placement, product_id, cart)
-        batch = single_query(
-            self.snapshot,
+        batch = self.request_batch(
             task=task,
             customer_id=customer_id,
             placement=placement,
-            anchor_product_id=product_id,
-            cart_product_ids=cart,
-            as_of=now,
+            product_id=product_id,
+            cart=cart,
+            as_of=as_of,
         )
         index = self.snapshot.product_index
         known = list(dict.fromkeys(p for p in products if p in index))
