@@ -50,11 +50,6 @@ def rank_within(groups: np.ndarray, values: np.ndarray, *, descending: bool = Tr
     return ranks
 
 
-def group_sizes(groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Number of elements per group id in ``0..n_groups-1``."""
-    return np.bincount(groups, minlength=n_groups).astype(np.int64)
-
-
 def top_n_per_row(matrix: sp.csr_matrix, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The ``n`` largest positive stored entries of every row of a CSR matrix.
 

@@ -61,6 +61,10 @@ class QueryBatch:
         """Query position of every entry of ``context``."""
         return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.context_ptr))
 
+    def context_value(self, price: np.ndarray) -> np.ndarray:
+        """Summed price of each query's context products (0 for an empty context)."""
+        return np.bincount(self.context_query, weights=price[self.context], minlength=len(self))
+
     def subset(self, rows: np.ndarray) -> QueryBatch:
         """A batch of the queries at positions ``rows`` (in that order)."""
         sizes = np.diff(self.context_ptr)[rows]

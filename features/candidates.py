@@ -342,19 +342,15 @@ def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidat
     cfg = snapshot.config
     sources = SOURCES[batch.task]
     sets = candidate_sets(batch, snapshot)
-    qs, ps, ss, rs, ks = [], [], [], [], []
-    for k, cs in enumerate(sets):
-        ok = eligible(batch, snapshot, cs.query, cs.product)
-        q, p, v = cs.query[ok], cs.product[ok], cs.score[ok]
-        r = rank_within(q, v)
-        top = r <= cfg.per_source
-        qs.append(q[top])
-        ps.append(p[top])
-        ss.append(v[top])
-        rs.append(r[top])
-        ks.append(np.full(int(top.sum()), k, dtype=np.int64))
-    q, p = np.concatenate(qs), np.concatenate(ps)
-    v, r, k = np.concatenate(ss), np.concatenate(rs), np.concatenate(ks)
+    q = np.concatenate([cs.query for cs in sets])
+    p = np.concatenate([cs.product for cs in sets])
+    v = np.concatenate([cs.score for cs in sets])
+    k = np.repeat(np.arange(len(sets), dtype=np.int64), [len(cs.query) for cs in sets])
+    ok = eligible(batch, snapshot, q, p)
+    q, p, v, k = q[ok], p[ok], v[ok], k[ok]
+    r = rank_within(k * len(batch) + q, v)
+    top = r <= cfg.per_source
+    q, p, v, r, k = q[top], p[top], v[top], r[top], k[top]
     key = q * snapshot.n_products + p
     uniq, inv = np.unique(key, return_inverse=True)
     scores = np.full((len(uniq), len(sources)), np.nan)

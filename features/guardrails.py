@@ -68,9 +68,7 @@ def within_price_caps(
         ap = np.where(anchor >= 0, snapshot.arrays["price"][np.maximum(anchor, 0)], np.nan)
         with np.errstate(invalid="ignore"):
             return (price > ap) & (price <= ap * (1 + cfg.upsell_max_uplift) + 1e-9)
-    cart_value = np.bincount(
-        batch.context_query, weights=snapshot.arrays["price"][batch.context], minlength=len(batch)
-    )[fm.query]
+    cart_value = batch.context_value(snapshot.arrays["price"])[fm.query]
     return (cart_value <= 0) | (price <= cfg.cross_sell_price_cap * cart_value + 1e-9)
 
 

@@ -246,9 +246,7 @@ def features_for_candidates(
     has_anchor = anchor >= 0
     safe_anchor = np.where(has_anchor, anchor, 0)
     f["price_ratio_anchor"] = np.where(has_anchor, price / a["price"][safe_anchor], np.nan)
-    cart_value = np.bincount(
-        batch.context_query, weights=a["price"][batch.context], minlength=len(batch)
-    )
+    cart_value = batch.context_value(a["price"])
     cv = cart_value[q]
     f["price_ratio_cart"] = np.where(cv > 0, price / np.maximum(cv, 1e-9), np.nan)
     f["price_pct_vs_level"] = a["price_pct_in_category"][p] - f["cust_price_level"]

@@ -71,8 +71,7 @@ class TaskSet:
 
     def select_queries(self, mask: np.ndarray) -> TaskSet:
         """The subset of rows whose query is selected by the per-query boolean ``mask``."""
-        keep_ids = set(self.queries.loc[mask, QUERY_ID])
-        rows = np.fromiter((q in keep_ids for q in self.query_id), dtype=bool, count=len(self))
+        rows = np.isin(self.query_id, self.queries.loc[mask, QUERY_ID].to_numpy(dtype=object))
         return TaskSet(
             task=self.task,
             X=self.X[rows],
@@ -97,12 +96,13 @@ def label_matrix(
     fm: FeatureMatrix, batch_query_ids: np.ndarray, snapshot: FeatureSnapshot, labels: pd.DataFrame
 ) -> np.ndarray:
     """1 where (query, product) of the matrix is a positive label."""
-    pos_keys = set(zip(labels[QUERY_ID], labels[s.PRODUCT_ID], strict=True))
-    qids = batch_query_ids[fm.query]
-    pids = snapshot.product_ids[fm.product]
-    return np.fromiter(
-        ((q, p) in pos_keys for q, p in zip(qids, pids, strict=True)), dtype=np.int8, count=len(fm)
+    rows = pd.MultiIndex.from_arrays(
+        [batch_query_ids[fm.query].astype(str), snapshot.product_ids[fm.product].astype(str)]
     )
+    positives = pd.MultiIndex.from_arrays(
+        [labels[QUERY_ID].astype(str).to_numpy(), labels[s.PRODUCT_ID].astype(str).to_numpy()]
+    )
+    return rows.isin(positives).astype(np.int8)
 
 
 def build_task_set(

@@ -174,12 +174,10 @@ def upsell_queries(
         # one query per (customer, anchor, day): the first consideration of A
         anchors = anchors.assign(day=anchors[s.TS].dt.floor("D"))
         anchors = anchors.drop_duplicates([s.CUSTOMER_ID, s.PRODUCT_ID, "day"])
-        kind = "view"
     else:
         anchors = lines.loc[(lines[s.TS] >= start) & (lines[s.TS] < end)]
         anchors = anchors[[s.CUSTOMER_ID, s.PRODUCT_ID, s.TS, s.FAMILY, s.PRICE]]
         anchors = anchors.drop_duplicates([s.CUSTOMER_ID, s.PRODUCT_ID, s.TS])
-        kind = "purchase"
     anchors = anchors.rename(columns={s.PRODUCT_ID: ANCHOR, s.TS: AS_OF, s.PRICE: "anchor_price"})
     buys = lines.loc[(lines[s.TS] > start) & (lines[s.TS] <= end + window)]
     buys = buys[[s.CUSTOMER_ID, s.PRODUCT_ID, s.TS, s.FAMILY, s.PRICE]]
@@ -190,8 +188,6 @@ def upsell_queries(
     pairs = pairs.loc[
         after & (pairs[s.TS] <= pairs[AS_OF] + window) & (pairs[s.PRICE] > pairs["anchor_price"])
     ]
-    if kind == "view":
-        pairs = pairs.loc[pairs[s.TS] >= pairs[AS_OF]]
     ts_key = pairs[AS_OF].astype("int64") // 10**9
     pairs = pairs.assign(
         **{QUERY_ID: "up-" + pairs[s.CUSTOMER_ID] + "-" + pairs[ANCHOR] + "-" + ts_key.astype(str)}

@@ -220,12 +220,9 @@ def load_serving_model(uri: str) -> tuple[XsellModel, str]:
         model = load_model(uri)
         version = model.meta.get("model_version") or f"run:{model.meta.get('run_id', 'unknown')}"
         return model, str(version)
-    import mlflow
+    from training.tracking import use_store
 
-    from training.tracking import tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_registry_uri(tracking_uri())
+    use_store()
     version = None
     if uri.startswith("models:/"):
         version = _registered_version(uri)  # pin the alias: load exactly that version

@@ -160,9 +160,9 @@ def evaluate_cmd(
     from features.io import load_shop
     from training.evaluate import evaluate_model, holdout_sets
     from training.model import load_model
-    from training.tracking import Tracker
+    from training.tracking import use_store
 
-    Tracker(experiment="xsell-evaluate")  # points MLflow at the local store
+    use_store()
     xm = load_model(model)
     shop = load_shop(data)
     lo = pd.Timestamp(start) if start else xm.snapshot.as_of_timestamp
@@ -198,7 +198,7 @@ def promote_cmd(
     """Make VERSION the champion (manual override of the automatic gate)."""
     from training.tracking import Tracker
 
-    tracker = Tracker(experiment="xsell-promote")
+    tracker = Tracker(experiment=None)
     previous = tracker.promote(name, version)
     typer.echo(f"{name} version {version} is now champion (was {previous})")
 
@@ -216,10 +216,10 @@ def recommend_cmd(
     from features.io import load_shop
     from training.model import load_model
     from training.recommend import read_queries, write_recommendations
-    from training.tracking import Tracker
+    from training.tracking import use_store
 
     load_shop(data)  # the same validation as training: fail early on a broken shop
-    Tracker(experiment="xsell-recommend")
+    use_store()
     xm = load_model(model)
     frame = read_queries(queries)
     result = xm.recommend(frame)

@@ -18,15 +18,17 @@ from training.model import XsellModel
 
 KS = (1, 3, 5, 10)
 # Baselines: a feature column whose value alone ranks the candidates (higher first).
+# ``SEGMENT_POPULARITY`` is computed from the snapshot by :func:`segment_popularity`.
+SEGMENT_POPULARITY = "<segment popularity>"
 BASELINES = {
     s.CROSS_SELL: {
         "popular": "prod_pop_90",
-        "segment_popular": "src_segment_popular_score",
+        "segment_popular": SEGMENT_POPULARITY,
         "cooc_lift": "ctx_lift_max",
     },
     s.UPSELL: {
         "popular": "prod_pop_90",
-        "segment_popular": "cust_category_affinity",
+        "segment_popular": SEGMENT_POPULARITY,
         "popular_pricier": "src_family_popular_score",
     },
 }
@@ -63,9 +65,34 @@ def ranking_metrics(ts: TaskSet, score: np.ndarray) -> pd.DataFrame:
     return m.per_query_metrics(q, score, label, n_pos, ks=KS)
 
 
-def baseline_scores(ts: TaskSet) -> dict[str, np.ndarray]:
-    """Every baseline's scores: the fixed ones of :data:`BASELINES` and each source alone."""
-    out = {name: _scores_from_column(ts, col) for name, col in BASELINES[ts.task].items()}
+def segment_popularity(ts: TaskSet, snapshot: FeatureSnapshot, product: np.ndarray) -> np.ndarray:
+    """Share of the candidate in its query's persona segment's recent purchases (the segment's
+    top list; global popularity for customers without a segment)."""
+    levels = {name: i for i, name in enumerate(snapshot.segment_levels)}
+    q_seg = ts.queries["segment"].map(levels).fillna(-1).astype(np.int64).to_numpy()
+    seg = q_seg[pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)]
+    safe = np.maximum(product, 0)
+    share = snapshot.lookups["segment_top"].get(seg, safe)
+    pop = snapshot.arrays[f"pop_{max(snapshot.config.popularity_windows_days)}"][safe]
+    return np.where(product < 0, -np.inf, np.where(seg < 0, pop, share))
+
+
+def baseline_scores(
+    ts: TaskSet, snapshot: FeatureSnapshot, product: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every baseline's scores: those of :data:`BASELINES` and each source alone.
+
+    Args:
+        ts: The task set.
+        snapshot: The snapshot its features came from.
+        product: Product position per row (-1 unknown).
+    """
+    out = {
+        name: segment_popularity(ts, snapshot, product)
+        if col == SEGMENT_POPULARITY
+        else _scores_from_column(ts, col)
+        for name, col in BASELINES[ts.task].items()
+    }
     for src in ts.sources:
         rank = ts.X[:, ts.columns.index(f"src_{src}_rank")].astype(np.float64)
         out[f"source_{src}"] = np.where(np.isnan(rank), -np.inf, -rank)
@@ -106,7 +133,7 @@ def evaluate_task(
     out["candidate_recall"] = m.candidate_recall(ts.queries["n_found"].to_numpy(), n_pos)
     out["n_queries"] = float(len(ts.queries))
     best_name, best_value = "", -np.inf
-    for name, bscore in baseline_scores(ts).items():
+    for name, bscore in baseline_scores(ts, snapshot, pidx).items():
         bq = m.summarize(ranking_metrics(ts, bscore))
         for key, value in bq.items():
             out[f"baseline_{name}.{key}"] = float(value)

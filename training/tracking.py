@@ -94,6 +94,16 @@ def tracking_uri(root: Path | None = None) -> str:
     return f"sqlite:///{(mlruns_dir(root) / DB_FILE).as_posix()}"
 
 
+def use_store(root: Path | None = None) -> str:
+    """Point MLflow's tracking and registry at the store of :func:`tracking_uri`; return it."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
 def artifact_root(root: Path | None = None) -> Path | None:
     """Where run artifacts go for the store :func:`tracking_uri` picks.
 
@@ -276,23 +286,24 @@ class Tracker:
         tracker.set_alias(DEFAULT_MODEL_NAME, CHALLENGER, version)
     """
 
-    def __init__(self, *, experiment: str, root: Path | None = None) -> None:
+    def __init__(self, *, experiment: str | None, root: Path | None = None) -> None:
         """Point MLflow at the store and create (or reuse) the experiment.
 
         Args:
-            experiment: Experiment name.
+            experiment: Experiment name; None for registry-only use (no runs).
             root: Folder of a local store; default: ``MLFLOW_TRACKING_URI`` if set, else the
                 repository's ``mlruns/`` (see :func:`tracking_uri`).
         """
-        import mlflow
         from mlflow.entities import LifecycleStage
         from mlflow.tracking import MlflowClient
 
-        self.uri = tracking_uri(root)
-        mlflow.set_tracking_uri(self.uri)
-        mlflow.set_registry_uri(self.uri)
+        self.uri = use_store(root)
         self.client: MlflowClient = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-
+        self.experiment = experiment
+        self._run_id: str | None = None
+        self.experiment_id: str | None = None
+        if experiment is None:
+            return
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             artifacts = artifact_root(root)
@@ -300,15 +311,13 @@ class Tracker:
             if artifacts is not None:
                 artifacts.mkdir(parents=True, exist_ok=True)
                 location = artifacts.as_uri()
-            self.experiment_id: str = self.client.create_experiment(
+            self.experiment_id = self.client.create_experiment(
                 experiment, artifact_location=location
             )
         else:
             if found.lifecycle_stage == LifecycleStage.DELETED:
                 self.client.restore_experiment(found.experiment_id)
             self.experiment_id = found.experiment_id
-        self.experiment = experiment
-        self._run_id: str | None = None
 
     # ---- runs
 
@@ -325,6 +334,8 @@ class Tracker:
         """
         import mlflow
 
+        if self.experiment_id is None:
+            raise RuntimeError("this Tracker was created without an experiment: no runs")
         if mlflow.active_run() is not None:
             raise RuntimeError(
                 f"an MLflow run is already active: {mlflow.active_run().info.run_id}"

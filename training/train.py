@@ -14,12 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from features import schema as s
 from features.io import Shop, load_shop
@@ -112,7 +109,8 @@ def _flat(evals: dict[str, TaskEvaluation]) -> dict[str, float]:
 
 
 def _importance_figure(model: XsellModel):
-    fig, axes = plt.subplots(1, len(model.boosters), figsize=(12, 7))
+    fig = Figure(figsize=(12, 7))
+    axes = fig.subplots(1, len(model.boosters))
     for ax, (task, booster) in zip(np.atleast_1d(axes), model.boosters.items(), strict=True):
         gain = booster.feature_importance("gain")
         names = booster.feature_name()
@@ -124,7 +122,8 @@ def _importance_figure(model: XsellModel):
 
 
 def _metric_vs_k_figure(evals: dict[str, TaskEvaluation]):
-    fig, axes = plt.subplots(1, len(evals), figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, len(evals))
     for ax, (task, ev) in zip(np.atleast_1d(axes), evals.items(), strict=True):
         ax.plot(KS, [ev.metrics[f"ndcg_at_{k}"] for k in KS], marker="o", label="model")
         best = ev.best_baseline
@@ -272,7 +271,6 @@ def train(
             tracker.set_tags({f"{task}.best_baseline": ev.best_baseline})
         tracker.log_figure(_importance_figure(model), "feature_importance.png")
         tracker.log_figure(_metric_vs_k_figure(evals), "metric_vs_k.png")
-        plt.close("all")
         sample = fit_sets[s.CROSS_SELL]
         tracker.log_input(
             pd.DataFrame(sample.X[:2000], columns=sample.columns),
