@@ -31,12 +31,12 @@ def run_one(customers: int, work: Path, n_single: int) -> dict:
     """Generate (if needed), build the training set, time single queries. Runs in a child."""
     import pandas as pd
 
-    from features import schema as s
     from features.batch import single_query
-    from features.io import load_shop
+    from features.data import schema as s
+    from features.data.io import load_shop
+    from features.data.synthetic import generate_shop
     from features.matrix import build_features
     from features.snapshot import build_snapshot, to_days
-    from features.synthetic import generate_shop
     from training.config import TrainConfig
     from training.train import fit_and_validation_sets, make_split
 

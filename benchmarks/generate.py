@@ -43,7 +43,7 @@ class Result:
 
 def _child(n_customers: int, out: Path, fmt: str, seed: int, chunk_customers: int) -> None:
     """Generate one shop and print its counts and generation time as JSON."""
-    from features.synthetic import generate_shop
+    from features.data.synthetic import generate_shop
 
     started = time.perf_counter()
     summary = generate_shop(

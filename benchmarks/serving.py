@@ -65,7 +65,7 @@ class Result:
 
 def trained_model(customers: int, work: Path, seed: int) -> Path:
     """A model folder for a synthetic shop of ``customers`` (cached under ``work``)."""
-    from features.synthetic import generate_shop
+    from features.data.synthetic import generate_shop
     from serving.service import export_model
     from training.tracking import tracking_uri
     from training.train import train

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from features import schema as s
+from features.data import schema as s
 from features.snapshot import FeatureSnapshot, to_days
 
 # Query frame columns (DESIGN.md, ``xsell recommend``).

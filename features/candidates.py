@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features import schema as s
 from features.arrays import PairLookup, indicator, rank_within, row_combination
 from features.batch import QueryBatch
+from features.data import schema as s
 from features.snapshot import FeatureSnapshot
 
 CROSS_SELL_SOURCES = (

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features import schema as s
 from features.arrays import PairLookup, indicator, rank_within
 from features.batch import QueryBatch
+from features.data import schema as s
 from features.matrix import FeatureMatrix
 from features.snapshot import FeatureSnapshot
 

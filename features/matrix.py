@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import schema as s
 from features.arrays import rank_within
 from features.batch import QueryBatch
 from features.candidates import SOURCES, Candidates, collect_candidates
+from features.data import schema as s
 from features.snapshot import LIFECYCLE_LEVELS, FeatureSnapshot
 
 CUSTOMER_FEATURES = (

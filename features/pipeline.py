@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import schema as s
 from features.batch import QUERY_ID, batch_from_frame
 from features.config import FeatureConfig
-from features.io import Shop
+from features.data import schema as s
+from features.data.io import Shop
 from features.matrix import FeatureMatrix, build_features, feature_columns
 from features.queries import training_queries
 from features.snapshot import FeatureSnapshot, build_snapshot

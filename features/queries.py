@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import schema as s
 from features.batch import ANCHOR, AS_OF, CART, PLACEMENT, QUERY_ID, TASK
 from features.config import FeatureConfig
-from features.io import Shop
+from features.data import schema as s
+from features.data.io import Shop
 
 POST_PURCHASE_EVERY = 4
 ONE_SECOND = pd.Timedelta(seconds=1)

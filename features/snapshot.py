@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features import schema as s
 from features.arrays import PairLookup, indicator, prune_rows, rank_within
 from features.config import FeatureConfig
-from features.io import Shop
+from features.data import schema as s
+from features.data.io import Shop
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from features import schema as s
+from features.data import schema as s
 from training.model import PLACEMENT_TASKS, ModelLoadError, QueryResult, XsellModel, load_model
 
 log = logging.getLogger(__name__)

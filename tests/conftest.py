@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import schema as s
+from features.data import schema as s
 
 WriteTable = Callable[..., Path]
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from features import schema as s
-from features.io import DataValidationError
+from features.data import schema as s
+from features.data.io import DataValidationError
 from training import cli
 
 Tables = dict[str, pd.DataFrame]

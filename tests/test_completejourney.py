@@ -1,4 +1,4 @@
-"""Tests for the Complete Journey importer (``features.completejourney``).
+"""Tests for the Complete Journey importer (``features.data.completejourney``).
 
 Policy tests run on a hand-made source in the package's schema (no optional dependency);
 contract tests run on a small slice of the real package data; one slow test imports it all.
@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import completejourney as cj
-from features import schema as s
-from features.io import load_shop
+from features.data import completejourney as cj
+from features.data import schema as s
+from features.data.io import load_shop
 
 SLICE_HOUSEHOLDS = 40
 TS0 = pd.Timestamp("2017-03-01 10:00:00")

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as s
 from features.batch import (
     ANCHOR,
     AS_OF,
@@ -37,12 +36,13 @@ from features.candidates import (
     collect_candidates,
 )
 from features.config import FeatureConfig
-from features.io import Shop, load_shop
+from features.data import schema as s
+from features.data.io import Shop, load_shop
+from features.data.synthetic import TRUTH_COMPLEMENTS, TRUTH_DIR, generate_shop
 from features.matrix import FeatureMatrix, build_features, feature_columns
 from features.pipeline import build_task_set
 from features.queries import LabelledQueries, training_queries
 from features.snapshot import FeatureSnapshot, build_snapshot, to_days
-from features.synthetic import TRUTH_COMPLEMENTS, TRUTH_DIR, generate_shop
 
 N_CUSTOMERS = 800
 SEED = 3

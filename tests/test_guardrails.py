@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as s
 from features.batch import QueryBatch, single_query
+from features.data import schema as s
+from features.data.io import load_shop
+from features.data.synthetic import generate_shop
 from features.guardrails import (
     allowed,
     apply_guardrails,
@@ -19,10 +21,8 @@ from features.guardrails import (
     reasons,
     within_price_caps,
 )
-from features.io import load_shop
 from features.matrix import FeatureMatrix, build_features
 from features.snapshot import FeatureSnapshot, build_snapshot, to_days
-from features.synthetic import generate_shop
 
 CUTOFF = pd.Timestamp("2025-10-01")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features import schema as s
-from features.io import MAX_ROWS_SHOWN, DataValidationError, load_shop, shop_report
+from features.data import schema as s
+from features.data.io import MAX_ROWS_SHOWN, DataValidationError, load_shop, shop_report
 
 Tables = dict[str, pd.DataFrame]
 

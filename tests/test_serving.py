@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features import schema as s
+from features.data import schema as s
 from serving.service import (
     DEFAULT_K,
     EXAMPLE_REQUEST,
@@ -88,7 +88,7 @@ class AsgiClient:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained model, registered in a temporary store and exported as a folder."""
-    from features.synthetic import generate_shop
+    from features.data.synthetic import generate_shop
     from training.tracking import tracking_uri
     from training.train import train
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import schema as s
-from features.synthetic import (
+from features.data import schema as s
+from features.data.synthetic import (
     COMPLEMENTS,
     INCOME_BAND,
     TRUTH_COMPLEMENTS,
@@ -203,7 +203,7 @@ def test_values_are_in_range(shop: Shop) -> None:
 
 
 def test_passes_the_shop_loader(shop: Shop) -> None:
-    io = pytest.importorskip("features.io")
+    io = pytest.importorskip("features.data.io")
     loaded = io.load_shop(shop.summary.out)
     assert len(loaded.purchases) == len(shop.purchases)
     assert len(loaded.events) == len(shop.events)

@@ -27,11 +27,11 @@ from mlflow_isolation import clear_uri_env, forget_uris, no_uri_env  # noqa: F40
 from typer.testing import CliRunner
 
 import training.train as train_module
-from features import schema as s
 from features.batch import ANCHOR, AS_OF, CART, PLACEMENT, QUERY_ID, K
-from features.io import Shop, load_shop
+from features.data import schema as s
+from features.data.io import Shop, load_shop
+from features.data.synthetic import generate_shop
 from features.pipeline import TaskSet
-from features.synthetic import generate_shop
 from training import cli
 from training.config import RankerConfig, SplitConfig, TrainConfig
 from training.evaluate import BASELINES, KS

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from features.io import DataValidationError
+from features.data.io import DataValidationError
 
 app = typer.Typer(
     help="Cross-sell and upsell ranking for shops.",
@@ -37,7 +37,7 @@ def data_generate(
     fmt: Format = "parquet",
 ) -> None:
     """Write the built-in synthetic shop (with its planted truth under OUT/truth)."""
-    from features.synthetic import generate_shop
+    from features.data.synthetic import generate_shop
 
     if fmt not in ("parquet", "csv"):
         _fail(f"--format must be parquet or csv, not {fmt!r}")
@@ -48,7 +48,7 @@ def data_generate(
 @data_app.command("validate")
 def data_validate(folder: Annotated[Path, typer.Argument(help="Shop folder")]) -> None:
     """Load and validate a shop folder; print a short report."""
-    from features.io import load_shop, shop_report
+    from features.data.io import load_shop, shop_report
 
     shop = load_shop(folder)
     for line in shop_report(shop).lines():
@@ -65,7 +65,7 @@ def import_completejourney_cmd(
     ] = None,
 ) -> None:
     """Map the 84.51 Complete Journey dataset (pip extra 'completejourney') into the contract."""
-    from features.completejourney import import_completejourney
+    from features.data.completejourney import import_completejourney
 
     summary = import_completejourney(out, fmt=fmt, max_households=max_households)  # type: ignore[arg-type]
     typer.echo(f"wrote Complete Journey to {out}: {summary}")
@@ -88,7 +88,7 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML training 
 
 
 def _summary_table(result) -> None:
-    from features import schema as s
+    from features.data import schema as s
 
     typer.echo("")
     typer.echo(
@@ -157,7 +157,7 @@ def evaluate_cmd(
     """Evaluate a model version against the baselines on a holdout window."""
     import pandas as pd
 
-    from features.io import load_shop
+    from features.data.io import load_shop
     from training.evaluate import evaluate_model, holdout_sets
     from training.model import load_model
     from training.tracking import use_store
@@ -213,7 +213,7 @@ def recommend_cmd(
     ] = "models:/xsell-ranker@champion",
 ) -> None:
     """Batch scoring: query_id, task, rank, product_id, score for every query."""
-    from features.io import load_shop
+    from features.data.io import load_shop
     from training.model import load_model
     from training.recommend import read_queries, write_recommendations
     from training.tracking import use_store
@@ -267,8 +267,8 @@ def demo_cmd(
     seed: Annotated[int, typer.Option(help="Seed")] = 7,
 ) -> None:
     """The main job on the built-in synthetic shop: generate, validate, train, evaluate, register."""
-    from features.io import load_shop, shop_report
-    from features.synthetic import generate_shop
+    from features.data.io import load_shop, shop_report
+    from features.data.synthetic import generate_shop
 
     typer.echo(f"1/3 generating a synthetic shop with {customers:,d} customers in {out}")
     generate_shop(out, n_customers=customers, seed=seed)

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features import schema as s
 from features.arrays import rank_within
 from features.batch import QUERY_ID
-from features.io import Shop
+from features.data import schema as s
+from features.data.io import Shop
 from features.pipeline import TaskSet, build_task_set
 from features.snapshot import FeatureSnapshot
 from training import metrics as m

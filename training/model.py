@@ -16,7 +16,6 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from features import schema as s
 from features.batch import (
     ANCHOR,
     CART,
@@ -28,6 +27,7 @@ from features.batch import (
     single_query,
 )
 from features.candidates import candidates_for_products
+from features.data import schema as s
 from features.guardrails import apply_guardrails, reasons
 from features.matrix import FeatureMatrix, build_features, feature_columns, features_for_candidates
 from features.snapshot import FeatureSnapshot, to_days

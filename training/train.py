@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from features import schema as s
-from features.io import Shop, load_shop
+from features.data import schema as s
+from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
 from features.pipeline import TaskSet, build_task_set
 from features.snapshot import FeatureSnapshot, build_snapshot

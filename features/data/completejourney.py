@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from features import schema as s
+from features.data import schema as s
 
 log = logging.getLogger(__name__)
 

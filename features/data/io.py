@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import schema as s
+from features.data import schema as s
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features import schema as s
+from features.data import schema as s
 
 ShopFormat = Literal["parquet", "csv"]
 CategoryKind = Literal["durable", "accessory", "consumable", "grocery", "standalone"]
