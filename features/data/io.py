@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from features.data import schema as s
+from features.data.consumables import ConsumabilityCheck, consumability_check
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ class Shop:
         purchases: One row per order line, ``quantity`` always present.
         events: Browsing events, or None.
         dropped: Table name -> reason -> number of rows dropped while loading.
+        consumable_labelled: Whether the products table had an ``is_consumable`` column. When
+            False the column holds the loader's placeholder (False) and feature code infers
+            consumability from repurchases (:mod:`features.data.consumables`). Defaults to
+            True so a Shop built by hand keeps its flags authoritative.
     """
 
     customers: pd.DataFrame
@@ -74,6 +79,7 @@ class Shop:
     purchases: pd.DataFrame
     events: pd.DataFrame | None = None
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    consumable_labelled: bool = True
 
     @property
     def persona_columns(self) -> list[str]:
@@ -99,6 +105,7 @@ class ShopReport:
     optional_tables: dict[str, bool]
     persona_columns: list[str]
     dropped: dict[str, dict[str, int]]
+    consumability: ConsumabilityCheck | None = None
 
     def lines(self) -> list[str]:
         """Human-readable report lines."""
@@ -115,6 +122,8 @@ class ShopReport:
             for reason, n in reasons.items():
                 if n:
                     out.append(f"dropped from {table}: {n:,d} ({reason})")
+        if self.consumability is not None:
+            out.extend(self.consumability.lines())
         return out
 
 
@@ -294,8 +303,9 @@ def load_shop(folder: str | Path) -> Shop:
 
     Returns:
         The validated :class:`Shop`. Products always have ``family`` (defaults to
-        ``category``), ``is_consumable`` (False) and ``in_stock`` (True); purchases always
-        have ``quantity`` (1).
+        ``category``), ``is_consumable`` (False when the column is absent, with
+        ``consumable_labelled=False``) and ``in_stock`` (True); purchases always have
+        ``quantity`` (1).
 
     Raises:
         DataValidationError: Any contract violation, naming the table, column and rows.
@@ -335,7 +345,8 @@ def load_shop(folder: str | Path) -> Shop:
         products[s.FAMILY] = products[s.CATEGORY]
     else:
         products[s.FAMILY] = products[s.FAMILY].fillna(products[s.CATEGORY])
-    if s.IS_CONSUMABLE not in products.columns:
+    consumable_labelled = s.IS_CONSUMABLE in products.columns
+    if not consumable_labelled:
         products[s.IS_CONSUMABLE] = False
     if s.IN_STOCK not in products.columns:
         products[s.IN_STOCK] = True
@@ -377,11 +388,13 @@ def load_shop(folder: str | Path) -> Shop:
     purchases = purchases.reset_index(drop=True)
     if events is not None:
         events = events.sort_values([s.TS, s.CUSTOMER_ID], kind="stable").reset_index(drop=True)
-    return Shop(customers, products, purchases, events, dropped)
+    return Shop(
+        customers, products, purchases, events, dropped, consumable_labelled=consumable_labelled
+    )
 
 
 def shop_report(shop: Shop) -> ShopReport:
-    """Row counts, date range and drops of a loaded shop."""
+    """Row counts, date range, drops and the consumability check of a loaded shop."""
     rows = {
         s.CUSTOMERS: len(shop.customers),
         s.PRODUCTS: len(shop.products),
@@ -402,6 +415,7 @@ def shop_report(shop: Shop) -> ShopReport:
         optional_tables={s.EVENTS: shop.events is not None},
         persona_columns=shop.persona_columns,
         dropped=dropped,
+        consumability=consumability_check(shop),
     )
     if n_returns:
         report.rows["returns"] = n_returns
