@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from features.data import consumables
+
 
 class FeatureConfig(BaseModel):
     """Windows, candidate sizes and business rules shared by training and serving.
@@ -32,7 +34,17 @@ class FeatureConfig(BaseModel):
         lapsing_days: A customer silent for longer than this is "lapsing".
         cross_sell_price_cap: Guardrail: a cross-sell item costs at most this multiple of the
             cart (or anchor) value.
-        max_per_category: Guardrail: at most this many items of one category per list.
+        max_per_category: Guardrail: at most this many items of one category per list (the
+            tasks whose lists hold different products: cross-sell, replenish).
+        replenish_window_days: A product the customer bought before and buys again up to this
+            many days after the query is a replenish positive (besides the rest of the order).
+        replenish_candidates: Candidates kept per replenish query after merging sources.
+        replenish_half_life_days: Half-life of the recency weight of the customer's own
+            purchase frequency.
+        consumable_horizon_days: A buyer who buys a product again within this many days counts
+            as a repeat buyer when consumability is inferred (unlabelled shops).
+        consumable_prior: Pseudo-count shrinking a product's repeat rate toward its category's.
+        consumable_threshold: Inferred consumable when the shrunk repeat rate is at least this.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -55,3 +67,16 @@ class FeatureConfig(BaseModel):
     lapsing_days: int = Field(60, ge=1)
     cross_sell_price_cap: float = Field(1.5, gt=0)
     max_per_category: int = Field(2, ge=1)
+    replenish_window_days: int = Field(14, ge=0)
+    replenish_candidates: int = Field(50, ge=1)
+    replenish_half_life_days: float = Field(90.0, gt=0)
+    consumable_horizon_days: float = Field(consumables.DEFAULT_HORIZON_DAYS, gt=0)
+    consumable_prior: float = Field(consumables.DEFAULT_PRIOR_STRENGTH, ge=0)
+    consumable_threshold: float = Field(consumables.DEFAULT_THRESHOLD, gt=0, le=1)
+
+    def candidates_for(self, task: str) -> int:
+        """Candidates kept per query of ``task`` (the ``<task>_candidates`` field)."""
+        value = getattr(self, f"{task}_candidates", None)
+        if not isinstance(value, int):
+            raise ValueError(f"FeatureConfig has no {task}_candidates field")
+        return value

@@ -16,9 +16,11 @@ import pandas as pd
 
 from features.arrays import rank_within
 from features.batch import QueryBatch
-from features.candidates import SOURCES, Candidates, collect_candidates
+from features.candidates import Candidates, collect_candidates
+from features.columns import popularity_column, source_columns
 from features.data import schema as s
 from features.snapshot import LIFECYCLE_LEVELS, FeatureSnapshot
+from features.sources import source_names
 
 CUSTOMER_FEATURES = (
     "cust_known",
@@ -38,6 +40,9 @@ PRODUCT_FEATURES = (
     "prod_repurchase_rate",
     "prod_is_consumable",
     "prod_price_pct_in_category",
+    "prod_consumable_rate",
+    "prod_cycle_days",
+    "seg_pop_share",
 )
 CONTEXT_FEATURES = (
     "n_sources",
@@ -46,6 +51,7 @@ CONTEXT_FEATURES = (
     "ctx_lift_max",
     "ctx_lift_mean",
     "ctx_conf_max",
+    "ctx_conf_sum",
     "ctx_cat_assoc",
     "ctx_same_category",
     "price_ratio_anchor",
@@ -60,6 +66,12 @@ CONTEXT_FEATURES = (
     "cust_last_session",
     "cust_owns_family",
     "cust_product_quantity",
+    "cust_product_orders",
+    "cust_product_frequency",
+    "cust_product_last_day",
+    "days_since_product_purchase",
+    "cust_product_interval",
+    "due_ratio",
     "days_since_category_purchase",
     "cust_category_affinity",
     "placement",
@@ -74,8 +86,8 @@ FIXED_CATEGORICAL = ("cust_lifecycle", "placement")
 def feature_columns(snapshot: FeatureSnapshot, task: str) -> list[str]:
     """The ordered feature columns of ``task`` for this shop (persona columns vary by shop)."""
     persona = [f"persona_{c}" for c in snapshot.persona_columns]
-    pops = [f"prod_pop_{w}" for w in snapshot.config.popularity_windows_days]
-    src = [f"src_{name}_{kind}" for name in SOURCES[task] for kind in ("score", "rank")]
+    pops = [popularity_column(w) for w in snapshot.config.popularity_windows_days]
+    src = [col for name in source_names(task) for col in source_columns(name)]
     return [*CUSTOMER_FEATURES, *persona, *PRODUCT_FEATURES, *pops, *src, *CONTEXT_FEATURES]
 
 
@@ -127,7 +139,7 @@ class FeatureMatrix:
 def _customer_block(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray
 ) -> dict[str, np.ndarray]:
-    a = snapshot.arrays
+    a = snapshot.customers
     cfg = snapshot.config
     n = len(batch)
     known = batch.customer >= 0
@@ -137,12 +149,12 @@ def _customer_block(
         return np.where(known, values[c], np.nan)
 
     now = batch.as_of
-    n_orders = np.where(known, a["n_orders"][c], 0.0)
-    last = per_customer(a["last_day"])
-    first = np.fmin(per_customer(a["first_day"]), per_customer(a["signup_day"]))
+    n_orders = np.where(known, a.n_orders[c], 0.0)
+    last = per_customer(a.last_day)
+    first = np.fmin(per_customer(a.first_day), per_customer(a.signup_day))
     recency = now - last
     tenure = now - first
-    monetary = per_customer(a["monetary"])
+    monetary = per_customer(a.monetary)
     lifecycle = np.zeros(n)
     has = n_orders > 0
     lifecycle[has & (tenure < cfg.new_customer_days)] = 1
@@ -156,10 +168,10 @@ def _customer_block(
         "cust_aov_log": np.log1p(np.nan_to_num(monetary) / np.maximum(n_orders, 1)),
         "cust_tenure_days": tenure,
         "cust_lifecycle": lifecycle,
-        "cust_price_level": per_customer(a["price_level"]),
+        "cust_price_level": per_customer(a.price_level),
     }
     for col in snapshot.persona_columns:
-        per_query[f"persona_{col}"] = per_customer(a[f"persona_{col}"])
+        per_query[f"persona_{col}"] = per_customer(a.persona[col])
     return {k: v[q] for k, v in per_query.items()}
 
 
@@ -192,49 +204,56 @@ def features_for_candidates(
     batch: QueryBatch, snapshot: FeatureSnapshot, cands: Candidates
 ) -> FeatureMatrix:
     """Compute the feature matrix for already collected candidates."""
-    a = snapshot.arrays
-    lk = snapshot.lookups
+    a = snapshot.products
+    hist, browse, pairs = snapshot.history, snapshot.browsing, snapshot.pairs
     q, p = cands.query, cands.product
     n = len(q)
     cust = batch.customer[q]
-    cat = a["category"][p]
-    fam = a["family"][p]
-    price = a["price"][p]
+    cat = a.category[p]
+    fam = a.family[p]
+    price = a.price[p]
     f: dict[str, np.ndarray] = _customer_block(batch, snapshot, q)
     f.update(
         {
-            "prod_tier_rank": a["tier_rank"][p],
-            "prod_family_size": a["family_size"][p],
-            "prod_pop_pct_in_category": a["pop_pct_in_category"][p],
-            "prod_trend": a["trend"][p],
-            "prod_repurchase_rate": a["repurchase_rate"][p],
-            "prod_is_consumable": a["is_consumable"][p].astype(np.float64),
-            "prod_price_pct_in_category": a["price_pct_in_category"][p],
+            "prod_tier_rank": a.tier_rank[p],
+            "prod_family_size": a.family_size[p],
+            "prod_pop_pct_in_category": a.pop_pct_in_category[p],
+            "prod_trend": a.trend[p],
+            "prod_repurchase_rate": a.repurchase_rate[p],
+            "prod_is_consumable": a.is_consumable[p].astype(np.float64),
+            "prod_price_pct_in_category": a.price_pct_in_category[p],
+            "prod_consumable_rate": a.consumable_rate[p],
+            "prod_cycle_days": a.cycle_days[p],
+            "seg_pop_share": snapshot.segment_popularity(cust, p),
         }
     )
-    for w in snapshot.config.popularity_windows_days:
-        f[f"prod_pop_{w}"] = a[f"pop_{w}"][p]
+    for w, share in a.popularity.items():
+        f[popularity_column(w)] = share[p]
     for j, name in enumerate(cands.sources):
-        f[f"src_{name}_score"] = cands.scores[:, j]
-        f[f"src_{name}_rank"] = cands.ranks[:, j]
+        score_col, rank_col = source_columns(name)
+        f[score_col] = cands.scores[:, j]
+        f[rank_col] = cands.ranks[:, j]
     present = ~np.isnan(cands.ranks)
     f["n_sources"] = present.sum(axis=1).astype(np.float64)
     best_rank = np.where(present, cands.ranks, np.inf)
-    f["best_source_rank"] = best_rank.min(axis=1) if n else np.zeros(0)
-    best_source = best_rank.argmin(axis=1) if n else np.zeros(0, dtype=np.int64)
+    f["best_source_rank"] = best_rank.min(axis=1) if n and present.shape[1] else np.full(n, np.nan)
+    best_source = (
+        best_rank.argmin(axis=1) if n and present.shape[1] else np.zeros(n, dtype=np.int64)
+    )
 
     # context: lift / confidence / category association with each context product
     ctx_size = np.diff(batch.context_ptr)[q].astype(np.float64)
     rows, ctx = _context_pairs(batch, q)
-    lift = lk["cooc"].get(ctx, p[rows])
-    conf = lk["cooc_conf"].get(ctx, p[rows])
-    assoc = lk["category_assoc"].get(a["category"][ctx], cat[rows])
+    lift = pairs.cooc.get(ctx, p[rows])
+    conf = pairs.cooc_conf.get(ctx, p[rows])
+    assoc = pairs.category_assoc.get(a.category[ctx], cat[rows])
     f["ctx_size"] = ctx_size
     f["ctx_lift_max"] = _max_per_row(n, rows, lift)
     f["ctx_lift_mean"] = np.bincount(rows, weights=lift, minlength=n) / np.maximum(ctx_size, 1)
     f["ctx_conf_max"] = _max_per_row(n, rows, conf)
+    f["ctx_conf_sum"] = np.bincount(rows, weights=conf, minlength=n)
     f["ctx_cat_assoc"] = _max_per_row(n, rows, assoc)
-    f["ctx_same_category"] = _max_per_row(n, rows, (a["category"][ctx] == cat[rows]).astype(float))
+    f["ctx_same_category"] = _max_per_row(n, rows, (a.category[ctx] == cat[rows]).astype(float))
     reason_product = np.full(n, -1, dtype=np.int64)
     if len(rows):
         order = np.lexsort((-ctx, lift, rows))
@@ -245,32 +264,44 @@ def features_for_candidates(
     anchor = batch.anchor[q]
     has_anchor = anchor >= 0
     safe_anchor = np.where(has_anchor, anchor, 0)
-    f["price_ratio_anchor"] = np.where(has_anchor, price / a["price"][safe_anchor], np.nan)
-    cart_value = batch.context_value(a["price"])
-    cv = cart_value[q]
+    f["price_ratio_anchor"] = np.where(has_anchor, price / a.price[safe_anchor], np.nan)
+    cv = batch.context_value(a.price)[q]
     f["price_ratio_cart"] = np.where(cv > 0, price / np.maximum(cv, 1e-9), np.nan)
-    f["price_pct_vs_level"] = a["price_pct_in_category"][p] - f["cust_price_level"]
+    f["price_pct_vs_level"] = a.price_pct_in_category[p] - f["cust_price_level"]
     f["tier_step"] = np.where(
-        has_anchor & (a["family"][safe_anchor] == fam),
-        a["tier_rank"][p] - a["tier_rank"][safe_anchor],
+        has_anchor & (a.family[safe_anchor] == fam),
+        a.tier_rank[p] - a.tier_rank[safe_anchor],
         np.nan,
     )
-    for name in ("views_7", "views_30", "carts_7", "carts_30"):
-        f[f"cust_{name}"] = lk[name].get(cust, p)
-    f["cust_family_views_30"] = lk["family_views_30"].get(cust, fam)
-    f["cust_last_session"] = lk["last_session"].get(cust, p)
-    f["cust_owns_family"] = lk["owns_family"].get(cust, fam)
-    f["cust_product_quantity"] = lk["owned"].get(cust, p)
-    last_cat = lk["cat_last_day"].get(cust, cat)
-    f["days_since_category_purchase"] = np.where(last_cat > 0, batch.as_of[q] - last_cat, np.nan)
-    f["cust_category_affinity"] = lk["cat_spend"].get(cust, cat)
+    f["cust_views_7"] = browse.views_7.get(cust, p)
+    f["cust_views_30"] = browse.views_30.get(cust, p)
+    f["cust_carts_7"] = browse.carts_7.get(cust, p)
+    f["cust_carts_30"] = browse.carts_30.get(cust, p)
+    f["cust_family_views_30"] = browse.family_views_30.get(cust, fam)
+    f["cust_last_session"] = browse.last_session.get(cust, p)
+    f["cust_owns_family"] = hist.owns_family.get(cust, fam)
+    f["cust_product_quantity"] = hist.owned.get(cust, p)
+    now = batch.as_of[q]
+    orders = hist.bought.get(cust, p)
+    last_day = np.where(orders > 0, hist.last_bought.get(cust, p), np.nan)
+    interval = hist.interval.get(cust, p)
+    interval = np.where(interval > 0, interval, a.cycle_days[p])
+    f["cust_product_orders"] = orders
+    f["cust_product_frequency"] = hist.frequency.get(cust, p)
+    f["cust_product_last_day"] = last_day - snapshot.as_of
+    f["days_since_product_purchase"] = now - last_day
+    f["cust_product_interval"] = np.where(orders > 1, hist.interval.get(cust, p), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f["due_ratio"] = f["days_since_product_purchase"] / interval
+    last_cat = hist.cat_last_day.get(cust, cat)
+    f["days_since_category_purchase"] = np.where(last_cat > 0, now - last_cat, np.nan)
+    f["cust_category_affinity"] = hist.cat_spend.get(cust, cat)
     f["placement"] = batch.placement[q].astype(np.float64)
     size_q = np.bincount(q, minlength=len(batch))[q].astype(np.float64)
-    long_pop = a[f"pop_{max(snapshot.config.popularity_windows_days)}"][p]
-    f["pop_rank_in_query"] = rank_within(q, long_pop) / size_q
+    f["pop_rank_in_query"] = rank_within(q, a.long_popularity[p]) / size_q
     f["price_rank_in_query"] = rank_within(q, price) / size_q
     f["lift_rank_in_query"] = rank_within(q, f["ctx_lift_max"]) / size_q
-    f["trend_rank_in_query"] = rank_within(q, a["trend"][p]) / size_q
+    f["trend_rank_in_query"] = rank_within(q, a.trend[p]) / size_q
 
     columns = feature_columns(snapshot, batch.task)
     X = np.empty((n, len(columns)), dtype=np.float32)

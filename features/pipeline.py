@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from features.batch import QUERY_ID, batch_from_frame
+from features.columns import source_columns
 from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import Shop
 from features.matrix import FeatureMatrix, build_features, feature_columns
-from features.queries import training_queries
+from features.queries import REBUY
 from features.snapshot import FeatureSnapshot, build_snapshot
+from features.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +39,14 @@ class TaskSet:
         X: ``(rows, features)`` float32.
         columns: Feature names.
         label: 1 for a positive candidate, else 0.
+        rebuy: True for a positive the customer had bought before the query (a re-buy).
         query_id: Query id per row.
         product_id: Product id per row.
         best_source: Best-ranking source index per row (into ``sources``).
         reason_product: Context product id behind the strongest co-occurrence ("" if none).
         queries: One row per query: ``query_id, customer_id, as_of, placement,
-            anchor_product_id, n_positives, n_found, is_new_customer, segment`` plus
-            ``found_by_<source>`` counts.
+            anchor_product_id, n_positives, n_positives_rebuy, n_found, n_found_rebuy,
+            is_new_customer, segment`` plus ``found_by_<source>`` counts.
         sources: Source names of the task.
     """
 
@@ -51,6 +54,7 @@ class TaskSet:
     X: np.ndarray
     columns: list[str]
     label: np.ndarray
+    rebuy: np.ndarray
     query_id: np.ndarray
     product_id: np.ndarray
     best_source: np.ndarray
@@ -77,6 +81,7 @@ class TaskSet:
             X=self.X[rows],
             columns=self.columns,
             label=self.label[rows],
+            rebuy=self.rebuy[rows],
             query_id=self.query_id[rows],
             product_id=self.product_id[rows],
             best_source=self.best_source[rows],
@@ -94,15 +99,20 @@ def cutoffs(start: pd.Timestamp, end: pd.Timestamp, step_days: int) -> list[pd.T
 
 def label_matrix(
     fm: FeatureMatrix, batch_query_ids: np.ndarray, snapshot: FeatureSnapshot, labels: pd.DataFrame
-) -> np.ndarray:
-    """1 where (query, product) of the matrix is a positive label."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of the matrix: 1 where (query, product) is a positive label, and whether that
+    positive is a re-buy."""
     rows = pd.MultiIndex.from_arrays(
         [batch_query_ids[fm.query].astype(str), snapshot.product_ids[fm.product].astype(str)]
     )
-    positives = pd.MultiIndex.from_arrays(
-        [labels[QUERY_ID].astype(str).to_numpy(), labels[s.PRODUCT_ID].astype(str).to_numpy()]
-    )
-    return rows.isin(positives).astype(np.int8)
+
+    def index(frame: pd.DataFrame) -> pd.MultiIndex:
+        return pd.MultiIndex.from_arrays(
+            [frame[QUERY_ID].astype(str).to_numpy(), frame[s.PRODUCT_ID].astype(str).to_numpy()]
+        )
+
+    rebuys = labels.loc[labels[REBUY].to_numpy(dtype=bool)]
+    return rows.isin(index(labels)).astype(np.int8), rows.isin(index(rebuys))
 
 
 def build_task_set(
@@ -122,7 +132,7 @@ def build_task_set(
 
     Args:
         shop: The validated shop.
-        task: ``cross_sell`` or ``upsell``.
+        task: A registered task name.
         start: First cut-off (inclusive).
         end: End of the query range (exclusive).
         config: Candidate sizes and windows.
@@ -132,6 +142,7 @@ def build_task_set(
         snapshots: Cache of snapshots by cut-off, shared between tasks.
         progress: Called with a short message per cut-off.
     """
+    spec = get_task(task)
     cache = snapshots if snapshots is not None else {}
     cuts = cutoffs(start, end, step_days)
     parts: list[dict] = []
@@ -140,7 +151,7 @@ def build_task_set(
     sources: tuple[str, ...] = ()
     rng = np.random.default_rng(seed)
     for lo, hi in itertools.pairwise(cuts):
-        lq = training_queries(shop, task=task, start=lo, end=hi, config=config)
+        lq = spec.training_queries(shop, start=lo, end=hi, config=config)
         queries, labels = lq.queries, lq.labels
         if max_queries_per_cutoff is not None and len(queries) > max_queries_per_cutoff:
             pick = np.sort(rng.choice(len(queries), max_queries_per_cutoff, replace=False))
@@ -155,15 +166,17 @@ def build_task_set(
             progress(f"{task}: cut-off {lo.date()} ({len(queries):,d} queries)")
         columns = feature_columns(snap, task)
         n_pos = labels.groupby(QUERY_ID).size()
+        n_rebuy = labels.loc[labels[REBUY].to_numpy(dtype=bool)].groupby(QUERY_ID).size()
         for c0 in range(0, len(queries), CHUNK_QUERIES):
             chunk = queries.iloc[c0 : c0 + CHUNK_QUERIES]
             batch = batch_from_frame(chunk, snap, task=task)
             fm = build_features(batch, snap)
-            y = label_matrix(fm, batch.query_ids, snap, labels)
+            y, rebuy = label_matrix(fm, batch.query_ids, snap, labels)
             parts.append(
                 {
                     "X": fm.X,
                     "label": y,
+                    "rebuy": rebuy,
                     "query_id": batch.query_ids[fm.query],
                     "product_id": snap.product_ids[fm.product],
                     "best_source": fm.best_source,
@@ -175,7 +188,7 @@ def build_task_set(
                 }
             )
             sources = fm.sources
-            meta = _query_meta(chunk, batch.customer, snap, fm, y, n_pos)
+            meta = _query_meta(chunk, batch.customer, snap, fm, y, rebuy, (n_pos, n_rebuy))
             query_rows.append(meta)
     if not parts:
         raise ValueError(f"{task}: no labelled queries between {start} and {end}")
@@ -184,6 +197,7 @@ def build_task_set(
         X=np.concatenate([p["X"] for p in parts]),
         columns=columns,
         label=np.concatenate([p["label"] for p in parts]),
+        rebuy=np.concatenate([p["rebuy"] for p in parts]),
         query_id=np.concatenate([p["query_id"] for p in parts]),
         product_id=np.concatenate([p["product_id"] for p in parts]),
         best_source=np.concatenate([p["best_source"] for p in parts]),
@@ -199,18 +213,22 @@ def _query_meta(
     snap: FeatureSnapshot,
     fm: FeatureMatrix,
     y: np.ndarray,
-    n_pos: pd.Series,
+    rebuy: np.ndarray,
+    positives: tuple[pd.Series, pd.Series],
 ) -> pd.DataFrame:
     n = len(chunk)
+    n_pos, n_rebuy = positives
     found = np.bincount(fm.query, weights=y, minlength=n)
     meta = chunk[[QUERY_ID, s.CUSTOMER_ID, "as_of", "placement", "anchor_product_id"]].copy()
     meta = meta.reset_index(drop=True)
     meta["n_positives"] = meta[QUERY_ID].map(n_pos).fillna(0).astype(int).to_numpy()
+    meta["n_positives_rebuy"] = meta[QUERY_ID].map(n_rebuy).fillna(0).astype(int).to_numpy()
     meta["n_found"] = found.astype(int)
+    meta["n_found_rebuy"] = np.bincount(fm.query, weights=rebuy, minlength=n).astype(int)
     known = customer >= 0
-    n_orders = np.where(known, snap.arrays["n_orders"][np.maximum(customer, 0)], 0)
+    n_orders = np.where(known, snap.customers.n_orders[np.maximum(customer, 0)], 0)
     meta["is_new_customer"] = n_orders == 0
-    seg = np.where(known, snap.arrays["segment"][np.maximum(customer, 0)], -1)
+    seg = snap.segment_of(customer)
     levels = np.asarray([*snap.segment_levels, "unknown"], dtype=object)
     meta["segment"] = levels[np.where(seg >= 0, seg, len(snap.segment_levels))]
     present = ~np.isnan(fm_ranks(fm))
@@ -223,5 +241,5 @@ def _query_meta(
 
 def fm_ranks(fm: FeatureMatrix) -> np.ndarray:
     """The ``(rows, sources)`` source-rank block of a feature matrix."""
-    idx = [fm.columns.index(f"src_{name}_rank") for name in fm.sources]
+    idx = [fm.columns.index(source_columns(name)[1]) for name in fm.sources]
     return fm.X[:, idx].astype(np.float64)

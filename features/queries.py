@@ -2,16 +2,19 @@
 
 Definitions (the README repeats them; every metric means these):
 
-cross_sell, one query per order line set:
+cross_sell and replenish, one query per order (the same queries, different positives):
   * an order with two or more distinct products: the context is the first half of its products
     (a deterministic hash order), ``as_of`` is the order time, placement ``cart`` (or
     ``product_page`` when the context is one product);
   * an order with one product: that product is the context, placement ``product_page``;
   * additionally, for every ``post_purchase_every``-th order (hash), a ``post_purchase`` query
     whose context is the whole order and whose ``as_of`` is one second after it.
-  Positives: the order's other products (not for post_purchase) and the products the customer
-  bought in the ``cross_sell_window_days`` after the order, outside the context's families and
-  new to the customer (never bought before ``as_of``) unless consumable.
+  Products bought next: the order's other products (not for post_purchase) and the products
+  the customer bought in the window after ``as_of`` (``cross_sell_window_days`` /
+  ``replenish_window_days``).
+  cross_sell positives: those new to the customer (never bought before ``as_of``) outside
+  every family of the context. replenish positives: those the customer bought before
+  ``as_of`` (re-buys), other than the context products.
 
 upsell, anchor product A considered at ``as_of``:
   * with events: the first view or add-to-cart of A in a session; positives are products of A's
@@ -36,6 +39,7 @@ from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import Shop
 
+REBUY = "rebuy"
 POST_PURCHASE_EVERY = 4
 ONE_SECOND = pd.Timedelta(seconds=1)
 
@@ -47,7 +51,8 @@ class LabelledQueries:
     Attributes:
         queries: ``query_id, customer_id, task, placement, anchor_product_id,
             cart_product_ids, as_of``, sorted by ``as_of`` then ``query_id``.
-        labels: ``query_id, product_id`` positives.
+        labels: ``query_id, product_id, rebuy`` positives (``rebuy``: the customer bought the
+            product before the query's ``as_of``).
     """
 
     queries: pd.DataFrame
@@ -75,12 +80,18 @@ def _first_bought(lines: pd.DataFrame) -> pd.Series:
     return lines.groupby([s.CUSTOMER_ID, s.PRODUCT_ID], sort=False)[s.TS].min()
 
 
-def cross_sell_queries(
-    shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, config: FeatureConfig
-) -> LabelledQueries:
-    """Cross-sell queries whose ``as_of`` is in ``[start, end)``; labels may look past ``end``."""
+def _order_queries(
+    shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, window_days: int, prefix: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Order-based queries with ``as_of`` in ``[start, end)`` and every product bought next.
+
+    Returns:
+        ``(queries, bought)``: the queries (an in-order query per order and a post-purchase
+        query for every ``POST_PURCHASE_EVERY``-th order), and ``query_id, product_id`` of the
+        order's other products (in-order queries) and of the customer's purchases in the
+        ``window_days`` after ``as_of`` (labels may look past ``end``).
+    """
     lines = _lines(shop)
-    first = _first_bought(lines).rename("first_ts")
     in_range = lines.loc[(lines[s.TS] >= start) & (lines[s.TS] < end)].copy()
     in_range["h"] = _hash01(in_range[s.ORDER_ID] + "|" + in_range[s.PRODUCT_ID])
     in_range = in_range.sort_values([s.ORDER_ID, "h", s.PRODUCT_ID])
@@ -93,10 +104,9 @@ def cross_sell_queries(
     ctx_lists = ctx.groupby(s.ORDER_ID, sort=False)[s.PRODUCT_ID].agg(list)
     q_in = heads.assign(
         **{
-            QUERY_ID: "cs-" + heads[s.ORDER_ID],
+            QUERY_ID: f"{prefix}-" + heads[s.ORDER_ID],
             AS_OF: heads[s.TS],
             CART: heads[s.ORDER_ID].map(ctx_lists),
-            "kind": "in_order",
         }
     )
     q_in[PLACEMENT] = np.where(q_in[CART].map(len) >= 2, "cart", "product_page")
@@ -105,20 +115,17 @@ def cross_sell_queries(
     pp = heads.loc[pp_pick]
     q_pp = pp.assign(
         **{
-            QUERY_ID: "cs-pp-" + pp[s.ORDER_ID],
+            QUERY_ID: f"{prefix}-pp-" + pp[s.ORDER_ID],
             AS_OF: pp[s.TS] + ONE_SECOND,
             CART: pp[s.ORDER_ID].map(whole),
             PLACEMENT: "post_purchase",
-            "kind": "post_purchase",
         }
     )
     queries = pd.concat([q_in, q_pp], ignore_index=True)
-
-    # positives: rest of the order (in-order queries) + the customer's purchases in the window
     rest = in_range.loc[~in_range["ctx"], [s.ORDER_ID, s.PRODUCT_ID]].merge(
         q_in[[s.ORDER_ID, QUERY_ID]], on=s.ORDER_ID
     )
-    window = pd.Timedelta(days=config.cross_sell_window_days)
+    window = pd.Timedelta(days=window_days)
     soon = lines.loc[(lines[s.TS] >= start) & (lines[s.TS] <= end + window)]
     later = queries[[QUERY_ID, s.CUSTOMER_ID, AS_OF, s.ORDER_ID]].merge(
         soon[[s.CUSTOMER_ID, s.PRODUCT_ID, s.TS, s.ORDER_ID]].rename(columns={s.ORDER_ID: "o2"}),
@@ -129,32 +136,59 @@ def cross_sell_queries(
         & (later[s.TS] <= later[AS_OF] + window)
         & (later["o2"] != later[s.ORDER_ID])
     ]
-    labels = pd.concat([rest[[QUERY_ID, s.PRODUCT_ID]], later[[QUERY_ID, s.PRODUCT_ID]]])
-    labels = labels.drop_duplicates()
-    labels = _filter_cross_sell_positives(labels, queries, shop, first)
-    return _finish(queries, labels, s.CROSS_SELL)
+    bought = pd.concat([rest[[QUERY_ID, s.PRODUCT_ID]], later[[QUERY_ID, s.PRODUCT_ID]]])
+    return queries, with_rebuy_flag(bought.drop_duplicates(), queries, _first_bought(lines))
 
 
-def _filter_cross_sell_positives(
-    labels: pd.DataFrame, queries: pd.DataFrame, shop: Shop, first: pd.Series
-) -> pd.DataFrame:
-    """Keep positives outside the context families and new to the customer unless consumable."""
-    fam = shop.products.set_index(s.PRODUCT_ID)[s.FAMILY]
-    consumable = shop.products.set_index(s.PRODUCT_ID)[s.IS_CONSUMABLE]
-    ctx = queries[[QUERY_ID, CART]].explode(CART).dropna()
-    ctx_fam = pd.DataFrame(
-        {QUERY_ID: ctx[QUERY_ID], s.FAMILY: ctx[CART].map(fam)}
-    ).drop_duplicates()
-    lab = labels.assign(**{s.FAMILY: labels[s.PRODUCT_ID].map(fam)})
-    lab = lab.merge(ctx_fam.assign(_in_ctx=True), on=[QUERY_ID, s.FAMILY], how="left")
-    lab = lab.loc[lab["_in_ctx"].isna()]
+def with_rebuy_flag(labels: pd.DataFrame, queries: pd.DataFrame, first: pd.Series) -> pd.DataFrame:
+    """``labels`` with ``rebuy``: the customer bought the product before the query's ``as_of``."""
     meta = queries.set_index(QUERY_ID)[[s.CUSTOMER_ID, AS_OF]]
-    lab = lab.join(meta, on=QUERY_ID)
-    first_ts = pd.MultiIndex.from_arrays([lab[s.CUSTOMER_ID], lab[s.PRODUCT_ID]])
-    lab["first_ts"] = first.reindex(first_ts).to_numpy()
-    new = lab["first_ts"].isna() | (lab["first_ts"] >= lab[AS_OF])
-    keep = new | lab[s.PRODUCT_ID].map(consumable).fillna(False).astype(bool)
-    return lab.loc[keep, [QUERY_ID, s.PRODUCT_ID]]
+    lab = labels.join(meta, on=QUERY_ID)
+    key = pd.MultiIndex.from_arrays([lab[s.CUSTOMER_ID], lab[s.PRODUCT_ID]])
+    first_ts = first.reindex(key).to_numpy()
+    rebuy = pd.notna(first_ts) & (first_ts < lab[AS_OF].to_numpy())
+    return labels.assign(**{REBUY: np.asarray(rebuy, dtype=bool)})
+
+
+def _context_families(queries: pd.DataFrame, shop: Shop) -> pd.DataFrame:
+    fam = shop.products.set_index(s.PRODUCT_ID)[s.FAMILY]
+    ctx = queries[[QUERY_ID, CART]].explode(CART).dropna()
+    return pd.DataFrame({QUERY_ID: ctx[QUERY_ID], s.FAMILY: ctx[CART].map(fam)}).drop_duplicates()
+
+
+def cross_sell_queries(
+    shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, config: FeatureConfig
+) -> LabelledQueries:
+    """Cross-sell queries whose ``as_of`` is in ``[start, end)``: positives are products new to
+    the customer (never bought before ``as_of``) outside every family of the context."""
+    queries, bought = _order_queries(
+        shop, start=start, end=end, window_days=config.cross_sell_window_days, prefix="cs"
+    )
+    fam = shop.products.set_index(s.PRODUCT_ID)[s.FAMILY]
+    lab = bought.loc[~bought[REBUY]]
+    lab = lab.assign(**{s.FAMILY: lab[s.PRODUCT_ID].map(fam)})
+    lab = lab.merge(
+        _context_families(queries, shop).assign(_in_ctx=True), on=[QUERY_ID, s.FAMILY], how="left"
+    )
+    lab = lab.loc[lab["_in_ctx"].isna(), [QUERY_ID, s.PRODUCT_ID, REBUY]]
+    return _finish(queries, lab, s.CROSS_SELL)
+
+
+def replenish_queries(
+    shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, config: FeatureConfig
+) -> LabelledQueries:
+    """Replenish queries whose ``as_of`` is in ``[start, end)``: positives are products the
+    customer bought before ``as_of`` and buys again (the rest of the order, or within
+    ``replenish_window_days``), other than the context products themselves."""
+    queries, bought = _order_queries(
+        shop, start=start, end=end, window_days=config.replenish_window_days, prefix="re"
+    )
+    ctx = queries[[QUERY_ID, CART]].explode(CART).dropna().rename(columns={CART: s.PRODUCT_ID})
+    lab = bought.loc[bought[REBUY]].merge(
+        ctx.assign(_in_ctx=True), on=[QUERY_ID, s.PRODUCT_ID], how="left"
+    )
+    lab = lab.loc[lab["_in_ctx"].isna(), [QUERY_ID, s.PRODUCT_ID, REBUY]]
+    return _finish(queries, lab, s.REPLENISH)
 
 
 def upsell_queries(
@@ -196,7 +230,7 @@ def upsell_queries(
     queries[CART] = [[] for _ in range(len(queries))]
     queries[PLACEMENT] = "product_page"
     labels = pairs[[QUERY_ID, s.PRODUCT_ID]].drop_duplicates()
-    return _finish(queries, labels, s.UPSELL)
+    return _finish(queries, with_rebuy_flag(labels, queries, _first_bought(lines)), s.UPSELL)
 
 
 def _finish(queries: pd.DataFrame, labels: pd.DataFrame, task: str) -> LabelledQueries:
@@ -207,16 +241,6 @@ def _finish(queries: pd.DataFrame, labels: pd.DataFrame, task: str) -> LabelledQ
         queries[ANCHOR] = None
     cols = [QUERY_ID, s.CUSTOMER_ID, TASK, PLACEMENT, ANCHOR, CART, AS_OF]
     queries = queries[cols].sort_values([AS_OF, QUERY_ID], kind="stable").reset_index(drop=True)
+    labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
     labels = labels.sort_values([QUERY_ID, s.PRODUCT_ID]).reset_index(drop=True)
     return LabelledQueries(queries, labels)
-
-
-def training_queries(
-    shop: Shop, *, task: str, start: pd.Timestamp, end: pd.Timestamp, config: FeatureConfig
-) -> LabelledQueries:
-    """Labelled queries of ``task`` with ``as_of`` in ``[start, end)``."""
-    if task == s.CROSS_SELL:
-        return cross_sell_queries(shop, start=start, end=end, config=config)
-    if task == s.UPSELL:
-        return upsell_queries(shop, start=start, end=end, config=config)
-    raise ValueError(f"unknown task {task!r}")

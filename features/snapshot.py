@@ -5,16 +5,30 @@ queries whose ``as_of`` falls in ``[T, next cut-off)`` against it; serving loads
 training saved at ``--train-until``. Queries never see a row at or after their own ``as_of``
 because ``T <= as_of``.
 
-The snapshot is arrays and sparse matrices indexed by product and customer position, so the
-single-query path is array indexing and ``searchsorted`` look-ups, not pandas group-bys.
+The snapshot is made of named, typed parts, each built by its own function from the same
+:class:`Lines` (purchase lines before the cut-off, as positions):
+
+* :class:`ProductStats` — per product: price, hierarchy, consumability, popularity, trend, ...
+* :class:`CustomerStats` — per customer: recency/frequency/monetary, price level, persona.
+* :class:`CustomerTables` — customer x product (or category, family) look-ups: ownership,
+  purchase counts, recency-weighted frequency, repurchase intervals, category spend, last order.
+* :class:`BrowsingTables` — customer x product views and carts (empty without events).
+* :class:`PairTables` — item x item co-occurrence, sequences, category association, upsell pairs.
+* :class:`TopLists` — global, trending and per-segment popular products.
+
+Arrays are indexed by product position (``product_index``) or customer position
+(``customer_index``); days are float days since 1970-01-01. Sparse tables are
+:class:`features.arrays.PairLookup` (``.get(rows, cols)``, ``.row(r)``, ``.matrix``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -22,15 +36,18 @@ import scipy.sparse as sp
 
 from features.arrays import PairLookup, indicator, prune_rows, rank_within
 from features.config import FeatureConfig
+from features.cooccurrence import cooccurrence, sequential_lift, sessions, viewed_then_bought
 from features.data import schema as s
+from features.data.consumables import infer_consumable, repurchase_rates
 from features.data.io import Shop
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
 DAY = np.timedelta64(1, "D")
 EPOCH = np.datetime64("1970-01-01T00:00:00", "ns")
 LIFECYCLE_LEVELS = ("none", "new", "active", "lapsing")
+BROWSING_WINDOWS = (7, 30)  # the views_7 / views_30 / carts_7 / carts_30 tables
 
 CATEGORY_NEIGHBOURS = 20
 UPSELL_PAIRS_PER_ANCHOR = 200
@@ -38,7 +55,7 @@ TRENDING_MIN_COUNT = 5
 UPSELL_ANCHOR_CHUNK = 20_000
 
 
-def to_days(ts: pd.Series | np.ndarray | pd.Timestamp) -> np.ndarray | float:
+def to_days(ts: pd.Series | np.ndarray | pd.Timestamp) -> Any:
     """Timestamps as float days since 1970-01-01 (the time unit of every snapshot array)."""
     if isinstance(ts, pd.Timestamp):
         return float((ts.to_datetime64() - EPOCH) / DAY)
@@ -46,110 +63,193 @@ def to_days(ts: pd.Series | np.ndarray | pd.Timestamp) -> np.ndarray | float:
     return (values - EPOCH) / DAY
 
 
-def _lift(counts: sp.csr_matrix, n_a: np.ndarray, n_b: np.ndarray, n: float, prior: float):
-    """Shrunk lift ``(C + prior) / (E + prior)`` on the stored entries, E = n_a n_b / n."""
-    c = counts.tocoo()
-    expected = n_a[c.row] * n_b[c.col] / max(n, 1.0)
-    lift = (c.data + prior) / (expected + prior)
-    return sp.csr_matrix((lift, (c.row, c.col)), shape=counts.shape)
+# --------------------------------------------------------------------------- the typed parts
 
 
-def _cooccurrence(
-    group: np.ndarray,
-    item: np.ndarray,
-    n_items: int,
-    prior: float,
-    neighbours: int,
-    min_count: int = 1,
-) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Item x item shrunk lift and confidence from (group, item) incidences.
+@dataclass(frozen=True)
+class ProductStats:
+    """Per-product arrays (index: product position).
 
-    Returns:
-        ``(lift, confidence)``, both pruned to the top ``neighbours`` by lift per row, diagonal
-        removed, only pairs with lift > 1.
+    Attributes:
+        price: Current list price.
+        log_price: ``log(price)``.
+        category: Category code (into ``FeatureSnapshot.category_levels``).
+        family: Family code (into ``FeatureSnapshot.family_levels``).
+        is_consumable: The shop's label, or inferred from repurchases when unlabelled.
+        consumable_rate: Shrunk share of buyers who bought the product again within the
+            consumability horizon (:mod:`features.data.consumables`).
+        in_stock: Stock flag.
+        family_size: Number of versions in the product's family.
+        tier_rank: Price rank within the family in [0, 1] (0.5 for one-version families).
+        popularity: Window (days) -> share of the order lines of that window.
+        pop_pct_in_category: Popularity percentile within the category (1 = best seller).
+        trend: ``log`` ratio of the shortest to the longest popularity window.
+        repurchase_rate: Share of buyers who bought the product in two or more orders.
+        buyers: Number of distinct buyers.
+        price_pct_in_category: Mean paid-price percentile within the category.
+        cycle_days: Median days between repeat purchases of the product (NaN if none).
     """
-    if len(group) == 0:
-        empty = sp.csr_matrix((n_items, n_items))
-        return empty, empty
-    _, g = np.unique(group, return_inverse=True)
-    b = indicator(g, item, (int(g.max()) + 1, n_items))
-    counts = (b.T @ b).tocsr()
-    counts.setdiag(0)
-    counts.data[counts.data < min_count] = 0
-    counts.eliminate_zeros()
-    n_i = np.asarray(b.sum(axis=0)).ravel()
-    lift = _lift(counts, n_i, n_i, b.shape[0], prior)
-    lift.data[lift.data <= 1.0] = 0
-    lift.eliminate_zeros()
-    lift = prune_rows(lift, neighbours)
-    lc = lift.tocoo()
-    conf = sp.csr_matrix(
-        (PairLookup(counts).get(lc.row, lc.col) / np.maximum(n_i[lc.row], 1), (lc.row, lc.col)),
-        shape=lift.shape,
-    )
-    return lift, conf
+
+    price: np.ndarray
+    log_price: np.ndarray
+    category: np.ndarray
+    family: np.ndarray
+    is_consumable: np.ndarray
+    consumable_rate: np.ndarray
+    in_stock: np.ndarray
+    family_size: np.ndarray
+    tier_rank: np.ndarray
+    popularity: dict[int, np.ndarray]
+    pop_pct_in_category: np.ndarray
+    trend: np.ndarray
+    repurchase_rate: np.ndarray
+    buyers: np.ndarray
+    price_pct_in_category: np.ndarray
+    cycle_days: np.ndarray
+
+    @property
+    def long_popularity(self) -> np.ndarray:
+        """Popularity share over the longest configured window."""
+        return self.popularity[max(self.popularity)]
 
 
-def _sequential(
-    orders: pd.DataFrame,
-    n_items: int,
-    window_days: float,
-    prior: float,
-    neighbours: int,
-    min_count: int = 1,
-) -> sp.csr_matrix:
-    """Shrunk lift of "bought A in one order, then B in the customer's next order within N days".
+@dataclass(frozen=True)
+class CustomerStats:
+    """Per-customer arrays (index: customer position; NaN where the customer has no orders).
 
-    Args:
-        orders: Distinct ``(order, customer, day, item)`` rows.
+    Attributes:
+        first_day, last_day: First and last purchase day.
+        signup_day: Signup day (NaN when unknown or after the cut-off).
+        n_orders: Number of orders.
+        monetary: Total spend.
+        price_level: Mean paid-price percentile within category.
+        segment: Segment code (into ``FeatureSnapshot.segment_levels``).
+        persona: Persona column -> numeric value or category code (NaN unknown).
     """
-    heads = orders.drop_duplicates("order").sort_values(["customer", "day", "order"])
-    same = heads["customer"].to_numpy()[1:] == heads["customer"].to_numpy()[:-1]
-    gap = np.diff(heads["day"].to_numpy())
-    ok = same & (gap > 0) & (gap <= window_days)
-    prev_o = heads["order"].to_numpy()[:-1][ok]
-    next_o = heads["order"].to_numpy()[1:][ok]
-    if len(prev_o) == 0:
-        return sp.csr_matrix((n_items, n_items))
-    codes, o = np.unique(orders["order"].to_numpy(), return_inverse=True)
-    b = indicator(o, orders["item"].to_numpy(), (len(codes), n_items))
-    pos_prev = np.searchsorted(codes, prev_o)
-    pos_next = np.searchsorted(codes, next_o)
-    bp, bn = b[pos_prev], b[pos_next]
-    counts = (bp.T @ bn).tocsr()
-    counts.setdiag(0)
-    counts.data[counts.data < min_count] = 0
-    counts.eliminate_zeros()
-    n_a = np.asarray(bp.sum(axis=0)).ravel()
-    n_b = np.asarray(bn.sum(axis=0)).ravel()
-    lift = _lift(counts, n_a, n_b, len(prev_o), prior)
-    lift.data[lift.data <= 1.0] = 0
-    lift.eliminate_zeros()
-    return prune_rows(lift, neighbours)
+
+    first_day: np.ndarray
+    last_day: np.ndarray
+    signup_day: np.ndarray
+    n_orders: np.ndarray
+    monetary: np.ndarray
+    price_level: np.ndarray
+    segment: np.ndarray
+    persona: dict[str, np.ndarray]
 
 
-def _sessions(events: pd.DataFrame, gap_minutes: int) -> np.ndarray:
-    """A session number per event row: ``session_id`` when present, else gaps per customer."""
-    if s.SESSION_ID in events.columns and events[s.SESSION_ID].notna().all():
-        key = events[s.CUSTOMER_ID] + "\x1f" + events[s.SESSION_ID]
-        return pd.factorize(key)[0]
-    order = np.lexsort((events[s.TS].to_numpy(), events[s.CUSTOMER_ID].to_numpy()))
-    cust = events[s.CUSTOMER_ID].to_numpy()[order]
-    ts = events[s.TS].to_numpy()[order]
-    new = np.ones(len(order), dtype=bool)
-    new[1:] = (cust[1:] != cust[:-1]) | ((ts[1:] - ts[:-1]) > np.timedelta64(gap_minutes, "m"))
-    sess = np.empty(len(order), dtype=np.int64)
-    sess[order] = np.cumsum(new) - 1
-    return sess
+@dataclass(frozen=True)
+class CustomerTables:
+    """Customer x product (or category / family) look-ups of purchase history.
+
+    Attributes:
+        owned: Net quantity owned (returns subtract); only positive entries stored.
+        bought: Number of distinct orders holding the product (ever bought: > 0).
+        frequency: Recency-weighted order count, ``sum 0.5 ** (age / half_life)``.
+        last_bought: Day of the last purchase of the product.
+        interval: Mean days between the customer's purchases of the product (2+ orders).
+        owns_family: Customer x family indicator of owned products.
+        cat_spend: Customer x category share of spend.
+        cat_last_day: Customer x category day of the last purchase.
+        last_order: Customer x product indicator of the customer's most recent order.
+    """
+
+    owned: PairLookup
+    bought: PairLookup
+    frequency: PairLookup
+    last_bought: PairLookup
+    interval: PairLookup
+    owns_family: PairLookup
+    cat_spend: PairLookup
+    cat_last_day: PairLookup
+    last_order: PairLookup
+
+
+@dataclass(frozen=True)
+class BrowsingTables:
+    """Customer x product (or family) browsing counts before the cut-off (empty without events).
+
+    Attributes:
+        views_7, views_30, carts_7, carts_30: Views / add-to-carts in the last 7 / 30 days.
+        family_views_30: Customer x family views in the last 30 days.
+        last_session: Views and carts of the customer's last session.
+    """
+
+    views_7: PairLookup
+    views_30: PairLookup
+    carts_7: PairLookup
+    carts_30: PairLookup
+    family_views_30: PairLookup
+    last_session: PairLookup
+
+
+@dataclass(frozen=True)
+class PairTables:
+    """Item x item tables (rows: the context product or category).
+
+    Attributes:
+        cooc: Order co-occurrence shrunk lift (top neighbours, lift > 1).
+        cooc_conf: Confidence ``P(b | a)`` on the same pairs.
+        sequential: "Bought A, then B in the next order" shrunk lift.
+        coview, cocart: Session co-occurrence of views / add-to-carts.
+        category_assoc: Category x category lift.
+        category_top: Category x product share of the category's recent lines.
+        upsell_pairs: Anchor x version: same family, pricier, within the uplift cap.
+        viewed_bought: Anchor x version: "viewed A, bought B" counts within the cap.
+    """
+
+    cooc: PairLookup
+    cooc_conf: PairLookup
+    sequential: PairLookup
+    coview: PairLookup
+    cocart: PairLookup
+    category_assoc: PairLookup
+    category_top: PairLookup
+    upsell_pairs: PairLookup
+    viewed_bought: PairLookup
+
+
+@dataclass(frozen=True)
+class TopLists:
+    """Popular-product lists.
+
+    Attributes:
+        global_top: Most popular products (longest window), best first.
+        trending_top: Products with the most rising share, best first.
+        trending_score: Their trend values.
+        segment_top: Segment x product share of the segment's recent lines (top per segment).
+    """
+
+    global_top: np.ndarray
+    trending_top: np.ndarray
+    trending_score: np.ndarray
+    segment_top: PairLookup
+
+
+PART_TYPES: dict[str, type] = {
+    "products": ProductStats,
+    "customers": CustomerStats,
+    "history": CustomerTables,
+    "browsing": BrowsingTables,
+    "pairs": PairTables,
+    "top": TopLists,
+}
 
 
 @dataclass
 class FeatureSnapshot:
     """Everything the candidate sources and features read, as of ``as_of``.
 
-    Product arrays are indexed by product position (``product_index``), customer arrays by
-    customer position (``customer_index``). Days are float days since 1970-01-01.
+    Attributes:
+        as_of: The cut-off (float days since 1970-01-01).
+        config: The configuration it was built with.
+        product_ids, customer_ids: Ids by position (every product and customer of the shop).
+        category_levels, family_levels, segment_levels: Names of the codes.
+        segment_column: The persona column behind ``segment`` (None: one segment "all").
+        persona_levels: Persona column -> levels (None for numeric columns).
+        products, customers, history, browsing, pairs, top: The typed parts.
     """
+
+    PARTS: ClassVar[tuple[str, ...]] = tuple(PART_TYPES)
 
     as_of: float
     config: FeatureConfig
@@ -160,16 +260,18 @@ class FeatureSnapshot:
     segment_levels: list[str]
     segment_column: str | None
     persona_levels: dict[str, list[str] | None]
-    arrays: dict[str, np.ndarray]
-    matrices: dict[str, sp.csr_matrix]
+    products: ProductStats
+    customers: CustomerStats
+    history: CustomerTables
+    browsing: BrowsingTables
+    pairs: PairTables
+    top: TopLists
     product_index: dict[str, int] = field(default_factory=dict)
     customer_index: dict[str, int] = field(default_factory=dict)
-    lookups: dict[str, PairLookup] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.product_index = {p: i for i, p in enumerate(self.product_ids.tolist())}
         self.customer_index = {c: i for i, c in enumerate(self.customer_ids.tolist())}
-        self.lookups = {name: PairLookup(m) for name, m in self.matrices.items()}
 
     @property
     def n_products(self) -> int:
@@ -182,15 +284,26 @@ class FeatureSnapshot:
         return len(self.customer_ids)
 
     def last_order(self, customer: int) -> np.ndarray:
-        """Product positions of the customer's most recent order before the cut-off.
-
-        Empty for an unknown customer (``customer < 0``), a customer without orders, or a snapshot
-        saved before the ``last_order`` table existed.
-        """
-        table = self.lookups.get("last_order")
-        if table is None or customer < 0:
+        """Product positions of the customer's most recent order before the cut-off (empty for
+        an unknown customer or one without orders)."""
+        if customer < 0:
             return np.zeros(0, dtype=np.int64)
-        return table.row(customer)[0].astype(np.int64)
+        return self.history.last_order.row(customer)[0].astype(np.int64)
+
+    def segment_of(self, customer: np.ndarray) -> np.ndarray:
+        """Segment code per customer position (-1 for unknown customers)."""
+        seg = np.full(len(customer), -1, dtype=np.int64)
+        known = customer >= 0
+        seg[known] = self.customers.segment[customer[known]]
+        return seg
+
+    def segment_popularity(self, customer: np.ndarray, product: np.ndarray) -> np.ndarray:
+        """The one definition of segment popularity: the product's share of its customer's
+        segment's recent lines (top list per segment), or its global share for unknown
+        customers. Used by the source, the feature, the baseline and the cold-start fallback."""
+        seg = self.segment_of(customer)
+        share = self.top.segment_top.get(seg, product)
+        return np.where(seg < 0, self.products.long_popularity[product], share)
 
     @property
     def as_of_timestamp(self) -> pd.Timestamp:
@@ -203,23 +316,31 @@ class FeatureSnapshot:
         return list(self.persona_levels)
 
     def save(self, folder: str | Path) -> Path:
-        """Write the snapshot to ``folder`` (``arrays.npz``, ``matrices.npz``, ``meta.json``)."""
+        """Write the snapshot to ``folder`` (``parts.npz`` and ``meta.json``)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "product_ids": self.product_ids.astype(str),
             "customer_ids": self.customer_ids.astype(str),
-            **{f"a_{k}": v for k, v in self.arrays.items()},
         }
-        np.savez(folder / "arrays.npz", **arrays)
-        mats = {}
-        for name, m in self.matrices.items():
-            coo = m.tocoo()
-            mats[f"{name}__row"] = coo.row.astype(np.int32)
-            mats[f"{name}__col"] = coo.col.astype(np.int32)
-            mats[f"{name}__data"] = coo.data
-            mats[f"{name}__shape"] = np.asarray(m.shape, dtype=np.int64)
-        np.savez(folder / "matrices.npz", **mats)
+        keys: dict[str, dict[str, list[str]]] = {}
+        for part in self.PARTS:
+            for f in dataclasses.fields(getattr(self, part)):
+                value = getattr(getattr(self, part), f.name)
+                name = f"{part}.{f.name}"
+                if isinstance(value, dict):
+                    keys.setdefault(part, {})[f.name] = [str(k) for k in value]
+                    for k, v in value.items():
+                        arrays[f"{name}.{k}"] = v
+                elif isinstance(value, PairLookup):
+                    coo = value.matrix.tocoo()
+                    arrays[f"{name}.row"] = coo.row.astype(np.int32)
+                    arrays[f"{name}.col"] = coo.col.astype(np.int32)
+                    arrays[f"{name}.data"] = coo.data
+                    arrays[f"{name}.shape"] = np.asarray(value.matrix.shape, dtype=np.int64)
+                else:
+                    arrays[name] = value
+        np.savez(folder / "parts.npz", **arrays)
         meta = {
             "version": SNAPSHOT_VERSION,
             "as_of": self.as_of,
@@ -229,7 +350,7 @@ class FeatureSnapshot:
             "segment_levels": self.segment_levels,
             "segment_column": self.segment_column,
             "persona_levels": self.persona_levels,
-            "matrices": sorted(self.matrices),
+            "dict_keys": keys,
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
         return folder
@@ -248,31 +369,234 @@ class FeatureSnapshot:
                 raise ValueError(
                     f"snapshot version {meta.get('version')} != supported {SNAPSHOT_VERSION}"
                 )
-            with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
+            with np.load(folder / "parts.npz", allow_pickle=False) as npz:
                 raw = {k: npz[k] for k in npz.files}
-            with np.load(folder / "matrices.npz", allow_pickle=False) as npz:
-                mraw = {k: npz[k] for k in npz.files}
-        except (OSError, KeyError, json.JSONDecodeError, ValueError) as exc:
-            raise ValueError(f"cannot load feature snapshot from {folder}: {exc}") from exc
-        matrices = {}
-        for name in meta["matrices"]:
-            shape = tuple(int(x) for x in mraw[f"{name}__shape"])
-            matrices[name] = sp.csr_matrix(
-                (mraw[f"{name}__data"], (mraw[f"{name}__row"], mraw[f"{name}__col"])), shape=shape
+            parts = {
+                part: _load_part(PART_TYPES[part], part, raw, meta["dict_keys"].get(part, {}))
+                for part in cls.PARTS
+            }
+            return cls(
+                as_of=float(meta["as_of"]),
+                config=FeatureConfig.model_validate(meta["config"]),
+                product_ids=raw["product_ids"].astype(object),
+                customer_ids=raw["customer_ids"].astype(object),
+                category_levels=meta["category_levels"],
+                family_levels=meta["family_levels"],
+                segment_levels=meta["segment_levels"],
+                segment_column=meta["segment_column"],
+                persona_levels=meta["persona_levels"],
+                **parts,
             )
-        return cls(
-            as_of=float(meta["as_of"]),
-            config=FeatureConfig.model_validate(meta["config"]),
-            product_ids=raw.pop("product_ids").astype(object),
-            customer_ids=raw.pop("customer_ids").astype(object),
-            category_levels=meta["category_levels"],
-            family_levels=meta["family_levels"],
-            segment_levels=meta["segment_levels"],
-            segment_column=meta["segment_column"],
-            persona_levels=meta["persona_levels"],
-            arrays={k[2:]: v for k, v in raw.items()},
-            matrices=matrices,
-        )
+        except (OSError, KeyError, TypeError, json.JSONDecodeError, ValueError) as exc:
+            raise ValueError(f"cannot load feature snapshot from {folder}: {exc}") from exc
+
+
+def _load_part(
+    kind: type, part: str, raw: dict[str, np.ndarray], dict_keys: dict[str, list[str]]
+) -> Any:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(kind):
+        name = f"{part}.{f.name}"
+        if f.name in dict_keys:
+            convert = int if "int" in str(f.type) else str
+            values[f.name] = {convert(k): raw[f"{name}.{k}"] for k in dict_keys[f.name]}
+        elif f"{name}.shape" in raw:
+            shape = tuple(int(x) for x in raw[f"{name}.shape"])
+            matrix = sp.csr_matrix(
+                (raw[f"{name}.data"], (raw[f"{name}.row"], raw[f"{name}.col"])), shape=shape
+            )
+            values[f.name] = PairLookup(matrix)
+        else:
+            values[f.name] = raw[name]
+    return kind(**values)
+
+
+# --------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Products and customers in position order, with their category and family codes."""
+
+    products: pd.DataFrame
+    customers: pd.DataFrame
+    category: np.ndarray
+    category_levels: list[str]
+    family: np.ndarray
+    family_levels: list[str]
+    price: np.ndarray
+
+    @property
+    def n_products(self) -> int:
+        """Number of products."""
+        return len(self.products)
+
+    @property
+    def n_customers(self) -> int:
+        """Number of customers."""
+        return len(self.customers)
+
+
+@dataclass(frozen=True)
+class Lines:
+    """Purchase lines strictly before the cut-off, as positions: the input of every builder.
+
+    Attributes:
+        now: The cut-off in days.
+        day, product, customer, order: Per line (order as a code).
+        quantity, unit: Quantity (negative: return) and paid unit price.
+        positive: Lines with a positive quantity (purchases, not returns).
+        history: Positive lines inside ``history_days`` (co-occurrence tables).
+        price_pct: Paid-price percentile of the line within its category (NaN for returns).
+    """
+
+    now: float
+    day: np.ndarray
+    product: np.ndarray
+    customer: np.ndarray
+    order: np.ndarray
+    quantity: np.ndarray
+    unit: np.ndarray
+    positive: np.ndarray
+    history: np.ndarray
+    price_pct: np.ndarray
+
+
+def shop_catalog(shop: Shop) -> Catalog:
+    """Products and customers sorted by id, their positions being the snapshot's indices."""
+    products = shop.products.sort_values(s.PRODUCT_ID).reset_index(drop=True)
+    customers = shop.customers.sort_values(s.CUSTOMER_ID).reset_index(drop=True)
+    category, category_levels = pd.factorize(products[s.CATEGORY], sort=True)
+    family, family_levels = pd.factorize(products[s.FAMILY], sort=True)
+    return Catalog(
+        products=products,
+        customers=customers,
+        category=category.astype(np.int32),
+        category_levels=[str(x) for x in category_levels],
+        family=family.astype(np.int32),
+        family_levels=[str(x) for x in family_levels],
+        price=products[s.PRICE].to_numpy(dtype=np.float64),
+    )
+
+
+def purchase_lines(
+    shop: Shop, catalog: Catalog, *, as_of: pd.Timestamp, config: FeatureConfig
+) -> Lines:
+    """The shop's purchase lines with ``ts < as_of`` as positions."""
+    pur = shop.purchases
+    pur = pur.loc[pur[s.TS] < as_of]
+    now = to_days(as_of)
+    day = np.asarray(to_days(pur[s.TS]), dtype=np.float64)
+    product = pd.Index(catalog.products[s.PRODUCT_ID]).get_indexer(pur[s.PRODUCT_ID])
+    customer = pd.Index(catalog.customers[s.CUSTOMER_ID]).get_indexer(pur[s.CUSTOMER_ID])
+    quantity = pur[s.QUANTITY].to_numpy(dtype=np.float64)
+    unit = pur[s.UNIT_PRICE].to_numpy(dtype=np.float64)
+    positive = quantity > 0
+    history = positive
+    if config.history_days is not None:
+        history = positive & (day >= now - config.history_days)
+    n_cat = len(catalog.category_levels)
+    line_cat = catalog.category[product]
+    price_pct = np.full(len(pur), np.nan)
+    if positive.any():
+        idx = np.flatnonzero(positive)
+        r = rank_within(line_cat[idx], unit[idx], descending=False)
+        n_in = np.bincount(line_cat[idx], minlength=n_cat)[line_cat[idx]]
+        price_pct[idx] = np.where(n_in > 1, (r - 1) / np.maximum(n_in - 1, 1), 0.5)
+    return Lines(
+        now=float(now),
+        day=day,
+        product=product.astype(np.int64),
+        customer=customer.astype(np.int64),
+        order=pd.factorize(pur[s.ORDER_ID])[0].astype(np.int64),
+        quantity=quantity,
+        unit=unit,
+        positive=positive,
+        history=history,
+        price_pct=price_pct,
+    )
+
+
+def _per_product_orders(lines: Lines) -> pd.DataFrame:
+    """Distinct (customer, product, order, day) of positive lines."""
+    pos = lines.positive
+    frame = pd.DataFrame(
+        {
+            "c": lines.customer[pos],
+            "p": lines.product[pos],
+            "o": lines.order[pos],
+            "d": lines.day[pos],
+        }
+    )
+    return frame.drop_duplicates(["c", "p", "o"])
+
+
+def product_stats(
+    shop: Shop, catalog: Catalog, lines: Lines, config: FeatureConfig
+) -> ProductStats:
+    """Per-product statistics (see :class:`ProductStats`)."""
+    n_p, n_cat = catalog.n_products, len(catalog.category_levels)
+    category, family, price = catalog.category, catalog.family, catalog.price
+    pos = lines.positive
+    popularity = {}
+    for w in config.popularity_windows_days:
+        m = pos & (lines.day >= lines.now - w)
+        counts = np.bincount(lines.product[m], minlength=n_p).astype(np.float64)
+        popularity[w] = counts / max(counts.sum(), 1.0)
+    long_pop = popularity[max(popularity)]
+    short_pop = popularity[min(popularity)]
+    eps = 1.0 / max(int(pos.sum()), 1)
+    cat_n = np.bincount(category, minlength=n_cat)[category]
+    per_cp = _per_product_orders(lines).groupby(["c", "p"], sort=False)
+    n_orders = per_cp.size()
+    buyers = np.bincount(n_orders.index.get_level_values("p"), minlength=n_p)
+    repeaters = np.bincount(
+        n_orders.index.get_level_values("p")[n_orders.to_numpy() > 1], minlength=n_p
+    )
+    span = per_cp["d"].agg(lambda d: d.max() - d.min())
+    interval = (span / (n_orders - 1).where(n_orders > 1)).dropna()
+    interval = interval.loc[interval > 0]
+    cycle = interval.groupby(level="p").median()
+    cycle_days = np.full(n_p, np.nan)
+    cycle_days[cycle.index.to_numpy()] = cycle.to_numpy()
+    sums = np.bincount(lines.product[pos], weights=lines.price_pct[pos], minlength=n_p)
+    cnt = np.bincount(lines.product[pos], minlength=n_p)
+    paid_pct = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
+    list_r = rank_within(category, price, descending=False)
+    list_pct = np.where(cat_n > 1, (list_r - 1) / np.maximum(cat_n - 1, 1), 0.5)
+    fam_size = np.bincount(family, minlength=len(catalog.family_levels))[family]
+    tier_pos = rank_within(family, price, descending=False) - 1
+    estimate = repurchase_rates(
+        lines.customer[pos],
+        lines.product[pos],
+        lines.day[pos],
+        category,
+        n_products=n_p,
+        n_categories=n_cat,
+        horizon_days=config.consumable_horizon_days,
+        prior_strength=config.consumable_prior,
+        as_of_day=lines.now,
+    )
+    labelled = catalog.products[s.IS_CONSUMABLE].to_numpy(dtype=bool)
+    inferred = infer_consumable(estimate, config.consumable_threshold)
+    return ProductStats(
+        price=price,
+        log_price=np.log(price),
+        category=category,
+        family=family,
+        is_consumable=labelled if shop.consumable_labelled else inferred,
+        consumable_rate=np.asarray(estimate.rate, dtype=np.float64),
+        in_stock=catalog.products[s.IN_STOCK].to_numpy(dtype=bool),
+        family_size=fam_size.astype(np.float64),
+        tier_rank=np.where(fam_size > 1, tier_pos / np.maximum(fam_size - 1, 1), 0.5),
+        popularity=popularity,
+        pop_pct_in_category=1.0 - (rank_within(category, long_pop) - 1) / np.maximum(cat_n, 1),
+        trend=np.log((short_pop + eps) / (long_pop + eps)),
+        repurchase_rate=np.where(buyers > 0, repeaters / np.maximum(buyers, 1), np.nan),
+        buyers=buyers.astype(np.float64),
+        price_pct_in_category=np.where(np.isnan(paid_pct), list_pct, paid_pct),
+        cycle_days=cycle_days,
+    )
 
 
 def _segment_column(shop: Shop, config: FeatureConfig) -> str | None:
@@ -286,188 +610,157 @@ def _segment_column(shop: Shop, config: FeatureConfig) -> str | None:
     return None
 
 
-def build_snapshot(
-    shop: Shop, *, as_of: pd.Timestamp, config: FeatureConfig | None = None
-) -> FeatureSnapshot:
-    """Compute every statistic from rows of ``shop`` strictly before ``as_of``.
-
-    Args:
-        shop: The validated shop.
-        as_of: The cut-off; rows with ``ts >= as_of`` are never read.
-        config: Windows and sizes (defaults when None).
-
-    Returns:
-        The snapshot. Arrays (per product): ``price``, ``log_price``, ``category``,
-        ``family``, ``is_consumable``, ``in_stock``, ``tier_rank``, ``family_size``,
-        ``pop_<w>`` (share of order lines in the last w days), ``pop_pct_in_category``,
-        ``trend``, ``repurchase_rate``, ``price_pct_in_category``. Per customer: ``first_day``,
-        ``last_day``, ``signup_day``, ``n_orders``, ``monetary``, ``price_level``,
-        ``segment``, ``persona_<col>``. Lists: ``global_top``, ``trending_top``,
-        ``trending_score``. Matrices: ``owned``, ``owned_consumable``, ``cat_spend``, ``cat_last_day``,
-        ``owns_family``, ``last_order``, ``views_7``, ``views_30``, ``carts_7``, ``carts_30``,
-        ``family_views_30``, ``last_session``, ``cooc``, ``cooc_conf``, ``sequential``,
-        ``coview``, ``cocart``, ``category_assoc``, ``category_top``, ``segment_top``,
-        ``upsell_pairs``, ``viewed_bought``.
-    """
-    cfg = config or FeatureConfig()
-    as_of = pd.Timestamp(as_of)
-    now = to_days(as_of)
-    products = shop.products.sort_values(s.PRODUCT_ID).reset_index(drop=True)
-    customers = shop.customers.sort_values(s.CUSTOMER_ID).reset_index(drop=True)
-    n_p, n_c = len(products), len(customers)
-    pidx = pd.Index(products[s.PRODUCT_ID])
-    cidx = pd.Index(customers[s.CUSTOMER_ID])
-
-    # ---- products (static attributes) -------------------------------------------------
-    category, category_levels = pd.factorize(products[s.CATEGORY], sort=True)
-    family, family_levels = pd.factorize(products[s.FAMILY], sort=True)
-    price = products[s.PRICE].to_numpy(dtype=np.float64)
-    a: dict[str, np.ndarray] = {
-        "price": price,
-        "log_price": np.log(price),
-        "category": category.astype(np.int32),
-        "family": family.astype(np.int32),
-        "is_consumable": products[s.IS_CONSUMABLE].to_numpy(dtype=bool),
-        "in_stock": products[s.IN_STOCK].to_numpy(dtype=bool),
-    }
-    fam_size = np.bincount(family, minlength=len(family_levels))[family]
-    tier_pos = rank_within(family, price, descending=False) - 1
-    a["family_size"] = fam_size.astype(np.float64)
-    a["tier_rank"] = np.where(fam_size > 1, tier_pos / np.maximum(fam_size - 1, 1), 0.5)
-
-    # ---- purchases before the cut-off ---------------------------------------------------
-    pur = shop.purchases
-    pur = pur.loc[pur[s.TS] < as_of]
-    days = to_days(pur[s.TS])
-    p_of = pidx.get_indexer(pur[s.PRODUCT_ID])
-    c_of = cidx.get_indexer(pur[s.CUSTOMER_ID])
-    qty = pur[s.QUANTITY].to_numpy(dtype=np.float64)
-    unit = pur[s.UNIT_PRICE].to_numpy(dtype=np.float64)
-    pos = qty > 0
-    hist = pos if cfg.history_days is None else pos & (days >= now - cfg.history_days)
-    order_codes = pd.factorize(pur[s.ORDER_ID])[0]
-
-    for w in cfg.popularity_windows_days:
-        m = pos & (days >= now - w)
-        counts = np.bincount(p_of[m], minlength=n_p).astype(np.float64)
-        a[f"pop_{w}"] = counts / max(counts.sum(), 1.0)
-    w_long = max(cfg.popularity_windows_days)
-    w_short = min(cfg.popularity_windows_days)
-    long_counts = a[f"pop_{w_long}"]
-    a["pop_pct_in_category"] = 1.0 - (rank_within(category, long_counts) - 1) / np.maximum(
-        np.bincount(category, minlength=len(category_levels))[category], 1
-    )
-    eps = 1.0 / max(int(pos.sum()), 1)
-    a["trend"] = np.log((a[f"pop_{w_short}"] + eps) / (long_counts + eps))
-    # repurchase rate: share of the product's buyers who bought it in 2+ orders
-    pairs = pd.DataFrame({"c": c_of[pos], "p": p_of[pos], "o": order_codes[pos]})
-    per_cp = pairs.drop_duplicates().groupby(["c", "p"], sort=False).size()
-    buyers = np.bincount(per_cp.index.get_level_values("p"), minlength=n_p)
-    repeaters = np.bincount(
-        per_cp.index.get_level_values("p")[per_cp.to_numpy() > 1], minlength=n_p
-    )
-    a["repurchase_rate"] = np.where(buyers > 0, repeaters / np.maximum(buyers, 1), np.nan)
-    a["buyers"] = buyers.astype(np.float64)
-    # paid-price percentile of each line within its category -> product and customer level
-    line_cat = category[p_of]
-    line_pct = np.full(len(pur), np.nan)
-    if pos.any():
-        idx = np.flatnonzero(pos)
-        r = rank_within(line_cat[idx], unit[idx], descending=False)
-        n_in = np.bincount(line_cat[idx], minlength=len(category_levels))[line_cat[idx]]
-        line_pct[idx] = np.where(n_in > 1, (r - 1) / np.maximum(n_in - 1, 1), 0.5)
-    price_pct = np.full(n_p, np.nan)
-    if pos.any():
-        sums = np.bincount(p_of[pos], weights=line_pct[pos], minlength=n_p)
-        cnt = np.bincount(p_of[pos], minlength=n_p)
-        price_pct = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
-    # products never sold: list-price percentile within category
-    list_r = rank_within(category, price, descending=False)
-    cat_n = np.bincount(category, minlength=len(category_levels))[category]
-    list_pct = np.where(cat_n > 1, (list_r - 1) / np.maximum(cat_n - 1, 1), 0.5)
-    a["price_pct_in_category"] = np.where(np.isnan(price_pct), list_pct, price_pct)
-
-    # ---- customers -----------------------------------------------------------------------
+def customer_stats(
+    shop: Shop, catalog: Catalog, lines: Lines, segment_column: str | None
+) -> tuple[CustomerStats, list[str], dict[str, list[str] | None]]:
+    """Per-customer statistics, the segment levels and the persona levels."""
+    n_c = catalog.n_customers
+    customers = catalog.customers
+    pos = lines.positive
     first = np.full(n_c, np.nan)
     last = np.full(n_c, np.nan)
     if pos.any():
-        cc, dd = c_of[pos], days[pos]
+        cc, dd = lines.customer[pos], lines.day[pos]
         order = np.lexsort((dd, cc))
         cs, ds = cc[order], dd[order]
         starts = np.flatnonzero(np.r_[True, cs[1:] != cs[:-1]])
         ends = np.r_[starts[1:], len(cs)] - 1
         first[cs[starts]] = ds[starts]
         last[cs[ends]] = ds[ends]
-    a["first_day"], a["last_day"] = first, last
     if s.SIGNUP_DATE in customers.columns:
-        signup = to_days(customers[s.SIGNUP_DATE])
-        a["signup_day"] = np.where(signup < now, signup, np.nan)
+        signup = np.asarray(to_days(customers[s.SIGNUP_DATE]), dtype=np.float64)
+        signup_day = np.where(signup < lines.now, signup, np.nan)
     else:
-        a["signup_day"] = np.full(n_c, np.nan)
-    orders_c = pd.DataFrame({"c": c_of[pos], "o": order_codes[pos]}).drop_duplicates()
-    a["n_orders"] = np.bincount(orders_c["c"], minlength=n_c).astype(np.float64)
-    a["monetary"] = np.bincount(c_of[pos], weights=(unit * qty)[pos], minlength=n_c)
-    lvl_sum = np.bincount(c_of[pos], weights=np.nan_to_num(line_pct[pos]), minlength=n_c)
-    lvl_n = np.bincount(c_of[pos], minlength=n_c)
-    a["price_level"] = np.where(lvl_n > 0, lvl_sum / np.maximum(lvl_n, 1), np.nan)
-
-    seg_col = _segment_column(shop, cfg)
-    if seg_col is not None:
-        seg_values = customers[seg_col].astype("str").fillna("unknown")
+        signup_day = np.full(n_c, np.nan)
+    orders_c = pd.DataFrame({"c": lines.customer[pos], "o": lines.order[pos]}).drop_duplicates()
+    lvl_sum = np.bincount(
+        lines.customer[pos], weights=np.nan_to_num(lines.price_pct[pos]), minlength=n_c
+    )
+    lvl_n = np.bincount(lines.customer[pos], minlength=n_c)
+    if segment_column is not None:
+        seg_values = customers[segment_column].astype("str").fillna("unknown")
         seg_codes, seg_levels = pd.factorize(seg_values, sort=True)
         segment_levels = [str(x) for x in seg_levels]
     else:
         seg_codes, segment_levels = np.zeros(n_c, dtype=np.int64), ["all"]
-    a["segment"] = seg_codes.astype(np.int32)
+    persona: dict[str, np.ndarray] = {}
     persona_levels: dict[str, list[str] | None] = {}
     for col in shop.persona_columns:
         values = customers[col]
         if pd.api.types.is_numeric_dtype(values):
             persona_levels[col] = None
-            a[f"persona_{col}"] = values.to_numpy(dtype=np.float64)
+            persona[col] = values.to_numpy(dtype=np.float64)
         else:
             codes, levels = pd.factorize(values, sort=True)
             persona_levels[col] = [str(x) for x in levels]
-            a[f"persona_{col}"] = np.where(codes < 0, np.nan, codes).astype(np.float64)
+            persona[col] = np.where(codes < 0, np.nan, codes).astype(np.float64)
+    stats = CustomerStats(
+        first_day=first,
+        last_day=last,
+        signup_day=signup_day,
+        n_orders=np.bincount(orders_c["c"], minlength=n_c).astype(np.float64),
+        monetary=np.bincount(
+            lines.customer[pos], weights=(lines.unit * lines.quantity)[pos], minlength=n_c
+        ),
+        price_level=np.where(lvl_n > 0, lvl_sum / np.maximum(lvl_n, 1), np.nan),
+        segment=np.asarray(seg_codes, dtype=np.int32),
+        persona=persona,
+    )
+    return stats, segment_levels, persona_levels
 
-    mats: dict[str, sp.csr_matrix] = {}
-    # ownership: net quantity per customer x product (returns subtract)
-    owned = sp.csr_matrix((qty, (c_of, p_of)), shape=(n_c, n_p))
+
+def _sparse(
+    values: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]
+) -> PairLookup:
+    m = sp.csr_matrix((values, (rows, cols)), shape=shape)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return PairLookup(m)
+
+
+def customer_tables(catalog: Catalog, lines: Lines, config: FeatureConfig) -> CustomerTables:
+    """Customer x product / category / family look-ups (see :class:`CustomerTables`)."""
+    n_c, n_p = catalog.n_customers, catalog.n_products
+    n_cat, n_fam = len(catalog.category_levels), len(catalog.family_levels)
+    pos = lines.positive
+    owned = sp.csr_matrix((lines.quantity, (lines.customer, lines.product)), shape=(n_c, n_p))
     owned.sum_duplicates()
     owned.data = np.where(owned.data > 0, owned.data, 0.0)
     owned.eliminate_zeros()
-    mats["owned"] = owned
-    consumable_cols = sp.diags(a["is_consumable"].astype(np.float64))
-    mats["owned_consumable"] = sp.csr_matrix(owned @ consumable_cols)
-    mats["owns_family"] = indicator(
-        owned.tocoo().row, family[owned.tocoo().col], (n_c, len(family_levels))
+    oc = owned.tocoo()
+    per = _per_product_orders(lines)
+    grouped = per.groupby(["c", "p"], sort=False)["d"]
+    stats = grouped.agg(["size", "min", "max"])
+    c_idx = stats.index.get_level_values("c").to_numpy()
+    p_idx = stats.index.get_level_values("p").to_numpy()
+    count = stats["size"].to_numpy(dtype=np.float64)
+    interval = np.where(
+        count > 1, (stats["max"] - stats["min"]).to_numpy() / np.maximum(count - 1, 1), 0.0
     )
+    weight = 0.5 ** ((lines.now - per["d"].to_numpy()) / config.replenish_half_life_days)
+    line_cat = catalog.category[lines.product]
     spend = sp.csr_matrix(
-        ((unit * qty)[pos], (c_of[pos], line_cat[pos])), shape=(n_c, len(category_levels))
+        ((lines.unit * lines.quantity)[pos], (lines.customer[pos], line_cat[pos])),
+        shape=(n_c, n_cat),
     )
     spend.sum_duplicates()
     totals = np.asarray(spend.sum(axis=1)).ravel()
-    spend = sp.diags(1.0 / np.maximum(totals, 1e-9)) @ spend
-    mats["cat_spend"] = sp.csr_matrix(spend)
-    last_cat = pd.DataFrame({"c": c_of[pos], "k": line_cat[pos], "d": days[pos]})
+    spend = sp.csr_matrix(sp.diags(1.0 / np.maximum(totals, 1e-9)) @ spend)
+    last_cat = pd.DataFrame({"c": lines.customer[pos], "k": line_cat[pos], "d": lines.day[pos]})
     last_cat = last_cat.groupby(["c", "k"], sort=False)["d"].max()
-    mats["cat_last_day"] = sp.csr_matrix(
-        (
+    return CustomerTables(
+        owned=PairLookup(owned),
+        bought=_sparse(count, c_idx, p_idx, (n_c, n_p)),
+        frequency=_sparse(weight, per["c"].to_numpy(), per["p"].to_numpy(), (n_c, n_p)),
+        last_bought=_sparse(stats["max"].to_numpy(), c_idx, p_idx, (n_c, n_p)),
+        interval=_sparse(interval, c_idx, p_idx, (n_c, n_p)),
+        owns_family=PairLookup(indicator(oc.row, catalog.family[oc.col], (n_c, n_fam))),
+        cat_spend=PairLookup(spend),
+        cat_last_day=_sparse(
             last_cat.to_numpy(),
-            (last_cat.index.get_level_values("c"), last_cat.index.get_level_values("k")),
+            last_cat.index.get_level_values("c").to_numpy(),
+            last_cat.index.get_level_values("k").to_numpy(),
+            (n_c, n_cat),
         ),
-        shape=(n_c, len(category_levels)),
+        last_order=PairLookup(
+            _last_orders(
+                lines.customer[pos], lines.order[pos], lines.day[pos], lines.product[pos], n_c, n_p
+            )
+        ),
     )
-    mats["last_order"] = _last_orders(c_of[pos], order_codes[pos], days[pos], p_of[pos], n_c, n_p)
 
-    # ---- co-occurrence tables ------------------------------------------------------------
-    mats["cooc"], mats["cooc_conf"] = _cooccurrence(
-        order_codes[hist], p_of[hist], n_p, cfg.cooc_prior, cfg.cooc_neighbours, cfg.min_pair_count
+
+def pair_tables(
+    shop: Shop,
+    catalog: Catalog,
+    lines: Lines,
+    products: ProductStats,
+    event_rows: EventLines | None,
+    config: FeatureConfig,
+    *,
+    as_of: pd.Timestamp,
+) -> PairTables:
+    """Item x item tables from baskets, order sequences and sessions (see :class:`PairTables`)."""
+    cfg = config
+    n_p, n_cat = catalog.n_products, len(catalog.category_levels)
+    hist = lines.history
+    cooc, cooc_conf = cooccurrence(
+        lines.order[hist],
+        lines.product[hist],
+        n_p,
+        cfg.cooc_prior,
+        cfg.cooc_neighbours,
+        cfg.min_pair_count,
     )
     orders_df = pd.DataFrame(
-        {"order": order_codes[hist], "customer": c_of[hist], "day": days[hist], "item": p_of[hist]}
+        {
+            "order": lines.order[hist],
+            "customer": lines.customer[hist],
+            "day": lines.day[hist],
+            "item": lines.product[hist],
+        }
     ).drop_duplicates(["order", "item"])
-    mats["sequential"] = _sequential(
+    sequential = sequential_lift(
         orders_df,
         n_p,
         cfg.sequential_window_days,
@@ -475,69 +768,107 @@ def build_snapshot(
         cfg.cooc_neighbours,
         cfg.min_pair_count,
     )
-    cat_lift, _ = _cooccurrence(
-        order_codes[hist], line_cat[hist], len(category_levels), cfg.cooc_prior, CATEGORY_NEIGHBOURS
+    line_cat = catalog.category[lines.product]
+    category_assoc, _ = cooccurrence(
+        lines.order[hist], line_cat[hist], n_cat, cfg.cooc_prior, CATEGORY_NEIGHBOURS
     )
-    mats["category_assoc"] = cat_lift
-    # top products per category (share of the category's recent lines)
-    cat_share = long_counts / np.maximum(
-        np.bincount(category, weights=long_counts, minlength=len(category_levels))[category], 1e-12
+    long_pop = products.long_popularity
+    category = catalog.category
+    cat_share = long_pop / np.maximum(
+        np.bincount(category, weights=long_pop, minlength=n_cat)[category], 1e-12
     )
-    top_in_cat = rank_within(category, long_counts) <= cfg.per_source
-    sold = long_counts > 0
-    keep = top_in_cat & sold
-    mats["category_top"] = sp.csr_matrix(
-        (cat_share[keep], (category[keep], np.flatnonzero(keep))), shape=(len(category_levels), n_p)
+    keep = (rank_within(category, long_pop) <= cfg.per_source) & (long_pop > 0)
+    category_top = sp.csr_matrix(
+        (cat_share[keep], (category[keep], np.flatnonzero(keep))), shape=(n_cat, n_p)
     )
-    # segment popularity over the longest window
-    recent = pos & (days >= now - w_long)
-    seg_line = a["segment"][c_of[recent]]
+    events = _event_pair_tables(shop, catalog, event_rows, cfg, as_of)
+    upsell = _upsell_pairs(catalog.family, catalog.price, long_pop, cfg.upsell_max_uplift)
+    vb = events["viewed_bought_raw"]
+    if vb.nnz:
+        allowed = PairLookup(upsell)
+        c = vb.tocoo()
+        ok = allowed.get(c.row, c.col) > 0
+        vb = sp.csr_matrix((c.data[ok], (c.row[ok], c.col[ok])), shape=vb.shape)
+    return PairTables(
+        cooc=PairLookup(cooc),
+        cooc_conf=PairLookup(cooc_conf),
+        sequential=PairLookup(sequential),
+        coview=PairLookup(events["coview"]),
+        cocart=PairLookup(events["cocart"]),
+        category_assoc=PairLookup(category_assoc),
+        category_top=PairLookup(category_top),
+        upsell_pairs=PairLookup(upsell),
+        viewed_bought=PairLookup(vb),
+    )
+
+
+def top_lists(
+    catalog: Catalog,
+    lines: Lines,
+    products: ProductStats,
+    customers: CustomerStats,
+    n_segments: int,
+    config: FeatureConfig,
+) -> TopLists:
+    """Global, trending and per-segment popular products (see :class:`TopLists`)."""
+    n_p = catalog.n_products
+    w_long = max(config.popularity_windows_days)
+    long_pop = products.long_popularity
+    recent = lines.positive & (lines.day >= lines.now - w_long)
+    seg_line = customers.segment[lines.customer[recent]]
     seg_counts = sp.csr_matrix(
-        (np.ones(int(recent.sum())), (seg_line, p_of[recent])), shape=(len(segment_levels), n_p)
+        (np.ones(int(recent.sum())), (seg_line, lines.product[recent])), shape=(n_segments, n_p)
     )
     seg_counts.sum_duplicates()
     seg_tot = np.asarray(seg_counts.sum(axis=1)).ravel()
     seg_share = sp.csr_matrix(sp.diags(1.0 / np.maximum(seg_tot, 1)) @ seg_counts)
-    mats["segment_top"] = prune_rows(seg_share, cfg.per_source)
-    order_pop = np.lexsort((np.arange(n_p), -long_counts))
-    a["global_top"] = order_pop[: cfg.per_source][long_counts[order_pop[: cfg.per_source]] > 0]
-    recent_count = long_counts * max(int(recent.sum()), 1)
-    trend_ok = recent_count >= TRENDING_MIN_COUNT
-    trend_key = np.where(trend_ok, a["trend"], -np.inf)
-    order_tr = np.lexsort((np.arange(n_p), -trend_key))[: cfg.per_source]
+    order_pop = np.lexsort((np.arange(n_p), -long_pop))[: config.per_source]
+    recent_count = long_pop * max(int(recent.sum()), 1)
+    trend_key = np.where(recent_count >= TRENDING_MIN_COUNT, products.trend, -np.inf)
+    order_tr = np.lexsort((np.arange(n_p), -trend_key))[: config.per_source]
     order_tr = order_tr[np.isfinite(trend_key[order_tr]) & (trend_key[order_tr] > 0)]
-    a["trending_top"] = order_tr.astype(np.int64)
-    a["trending_score"] = trend_key[order_tr]
-
-    # ---- browsing events -----------------------------------------------------------------
-    event_mats = _event_tables(
-        shop, cfg, as_of=as_of, pidx=pidx, cidx=cidx, family=family, n_fam=len(family_levels)
+    return TopLists(
+        global_top=order_pop[long_pop[order_pop] > 0].astype(np.int64),
+        trending_top=order_tr.astype(np.int64),
+        trending_score=trend_key[order_tr],
+        segment_top=PairLookup(prune_rows(seg_share, config.per_source)),
     )
-    mats.update(event_mats)
 
-    # ---- upsell pairs: same family, pricier, within the uplift cap ------------------------
-    mats["upsell_pairs"] = _upsell_pairs(family, price, long_counts, cfg.upsell_max_uplift)
-    vb = mats.pop("viewed_bought_raw")
-    if vb.nnz:
-        allowed = PairLookup(mats["upsell_pairs"])
-        c = vb.tocoo()
-        ok = allowed.get(c.row, c.col) > 0
-        mats["viewed_bought"] = sp.csr_matrix((c.data[ok], (c.row[ok], c.col[ok])), shape=vb.shape)
-    else:
-        mats["viewed_bought"] = vb
 
+def build_snapshot(
+    shop: Shop, *, as_of: pd.Timestamp, config: FeatureConfig | None = None
+) -> FeatureSnapshot:
+    """Compute every part from rows of ``shop`` strictly before ``as_of``.
+
+    Args:
+        shop: The validated shop.
+        as_of: The cut-off; rows with ``ts >= as_of`` are never read.
+        config: Windows and sizes (defaults when None).
+    """
+    cfg = config or FeatureConfig()
+    as_of = pd.Timestamp(as_of)
+    catalog = shop_catalog(shop)
+    lines = purchase_lines(shop, catalog, as_of=as_of, config=cfg)
+    products = product_stats(shop, catalog, lines, cfg)
+    seg_col = _segment_column(shop, cfg)
+    customers, segment_levels, persona_levels = customer_stats(shop, catalog, lines, seg_col)
+    events = event_lines(shop, catalog, as_of=as_of, config=cfg)
     return FeatureSnapshot(
-        as_of=float(now),
+        as_of=lines.now,
         config=cfg,
-        product_ids=products[s.PRODUCT_ID].to_numpy(dtype=object),
-        customer_ids=customers[s.CUSTOMER_ID].to_numpy(dtype=object),
-        category_levels=[str(x) for x in category_levels],
-        family_levels=[str(x) for x in family_levels],
+        product_ids=catalog.products[s.PRODUCT_ID].to_numpy(dtype=object),
+        customer_ids=catalog.customers[s.CUSTOMER_ID].to_numpy(dtype=object),
+        category_levels=catalog.category_levels,
+        family_levels=catalog.family_levels,
         segment_levels=segment_levels,
         segment_column=seg_col,
         persona_levels=persona_levels,
-        arrays=a,
-        matrices={k: sp.csr_matrix(v) for k, v in mats.items()},
+        products=products,
+        customers=customers,
+        history=customer_tables(catalog, lines, cfg),
+        browsing=browsing_tables(catalog, events, lines.now),
+        pairs=pair_tables(shop, catalog, lines, products, events, cfg, as_of=as_of),
+        top=top_lists(catalog, lines, products, customers, len(segment_levels), cfg),
     )
 
 
@@ -611,119 +942,109 @@ def _upsell_pairs(
     )
 
 
-def _event_tables(
-    shop: Shop,
-    cfg: FeatureConfig,
-    *,
-    as_of: pd.Timestamp,
-    pidx: pd.Index,
-    cidx: pd.Index,
-    family: np.ndarray,
-    n_fam: int,
-) -> dict[str, sp.csr_matrix]:
-    """Customer browsing counts, co-view/co-cart lift and viewed-then-bought counts."""
-    n_c, n_p = len(cidx), len(pidx)
-    empty_cp = sp.csr_matrix((n_c, n_p))
-    names = ("views_7", "views_30", "carts_7", "carts_30", "last_session")
-    out = {name: empty_cp for name in names}
-    out["family_views_30"] = sp.csr_matrix((n_c, n_fam))
-    out["coview"] = out["cocart"] = out["viewed_bought_raw"] = sp.csr_matrix((n_p, n_p))
+@dataclass(frozen=True)
+class EventLines:
+    """Browsing events strictly before the cut-off, as positions (None when there are none).
+
+    Attributes:
+        frame: The event rows (for the purchase matching of viewed-then-bought).
+        day, product, customer: Per event.
+        is_view, is_cart: Event type masks.
+        session: Session number per event (``session_id``, else time gaps).
+        history: Events inside ``history_days``.
+    """
+
+    frame: pd.DataFrame
+    day: np.ndarray
+    product: np.ndarray
+    customer: np.ndarray
+    is_view: np.ndarray
+    is_cart: np.ndarray
+    session: np.ndarray
+    history: np.ndarray
+
+
+def event_lines(
+    shop: Shop, catalog: Catalog, *, as_of: pd.Timestamp, config: FeatureConfig
+) -> EventLines | None:
+    """The shop's events with ``ts < as_of`` as positions, or None without events."""
     ev = shop.events
     if ev is None or len(ev) == 0:
-        return out
+        return None
     ev = ev.loc[ev[s.TS] < as_of]
     if len(ev) == 0:
-        return out
+        return None
     now = to_days(as_of)
-    days = to_days(ev[s.TS])
-    p_of = pidx.get_indexer(ev[s.PRODUCT_ID])
-    c_of = cidx.get_indexer(ev[s.CUSTOMER_ID])
+    day = np.asarray(to_days(ev[s.TS]), dtype=np.float64)
     etype = ev[s.EVENT_TYPE].to_numpy()
-    is_view = etype == s.VIEW
-    is_cart = etype == s.ADD_TO_CART
-
-    def counts(mask: np.ndarray, cols: np.ndarray, n_cols: int) -> sp.csr_matrix:
-        m = sp.csr_matrix((np.ones(int(mask.sum())), (c_of[mask], cols[mask])), shape=(n_c, n_cols))
-        m.sum_duplicates()
-        return m
-
-    for w in (7, 30):
-        recent = days >= now - w
-        out[f"views_{w}"] = counts(is_view & recent, p_of, n_p)
-        out[f"carts_{w}"] = counts(is_cart & recent, p_of, n_p)
-    out["family_views_30"] = counts(is_view & (days >= now - 30), family[p_of], n_fam)
-    sess = _sessions(ev, cfg.session_gap_minutes)
-    # the customer's last session before the cut-off
-    last_sess = pd.Series(sess).groupby(c_of).max()
-    is_last = sess == last_sess.reindex(c_of).to_numpy()
-    out["last_session"] = counts(is_last & (is_view | is_cart), p_of, n_p)
-    hist = np.ones(len(ev), dtype=bool)
-    if cfg.history_days is not None:
-        hist = days >= now - cfg.history_days
-    out["coview"], _ = _cooccurrence(
-        sess[hist & is_view], p_of[hist & is_view], n_p, cfg.cooc_prior, cfg.cooc_neighbours
+    history = np.ones(len(ev), dtype=bool)
+    if config.history_days is not None:
+        history = day >= now - config.history_days
+    return EventLines(
+        frame=ev,
+        day=day,
+        product=pd.Index(catalog.products[s.PRODUCT_ID]).get_indexer(ev[s.PRODUCT_ID]),
+        customer=pd.Index(catalog.customers[s.CUSTOMER_ID]).get_indexer(ev[s.CUSTOMER_ID]),
+        is_view=etype == s.VIEW,
+        is_cart=etype == s.ADD_TO_CART,
+        session=sessions(ev, config.session_gap_minutes),
+        history=history,
     )
-    out["cocart"], _ = _cooccurrence(
-        sess[hist & is_cart], p_of[hist & is_cart], n_p, cfg.cooc_prior, cfg.cooc_neighbours
+
+
+def browsing_tables(catalog: Catalog, events: EventLines | None, now: float) -> BrowsingTables:
+    """Customer browsing counts (see :class:`BrowsingTables`); empty tables without events."""
+    n_c, n_p, n_fam = catalog.n_customers, catalog.n_products, len(catalog.family_levels)
+    if events is None:
+        empty = PairLookup(sp.csr_matrix((n_c, n_p)))
+        return BrowsingTables(
+            empty, empty, empty, empty, PairLookup(sp.csr_matrix((n_c, n_fam))), empty
+        )
+    ev = events
+
+    def counts(mask: np.ndarray, cols: np.ndarray, n_cols: int) -> PairLookup:
+        return _sparse(np.ones(int(mask.sum())), ev.customer[mask], cols[mask], (n_c, n_cols))
+
+    recent = {w: ev.day >= now - w for w in BROWSING_WINDOWS}
+    last_sess = pd.Series(ev.session).groupby(ev.customer).max()
+    is_last = ev.session == last_sess.reindex(ev.customer).to_numpy()
+    return BrowsingTables(
+        views_7=counts(ev.is_view & recent[7], ev.product, n_p),
+        views_30=counts(ev.is_view & recent[30], ev.product, n_p),
+        carts_7=counts(ev.is_cart & recent[7], ev.product, n_p),
+        carts_30=counts(ev.is_cart & recent[30], ev.product, n_p),
+        family_views_30=counts(ev.is_view & recent[30], catalog.family[ev.product], n_fam),
+        last_session=counts(is_last & (ev.is_view | ev.is_cart), ev.product, n_p),
     )
-    out["viewed_bought_raw"] = _viewed_then_bought(
+
+
+def _event_pair_tables(
+    shop: Shop,
+    catalog: Catalog,
+    events: EventLines | None,
+    config: FeatureConfig,
+    as_of: pd.Timestamp,
+) -> dict[str, sp.csr_matrix]:
+    """Co-view / co-cart lift and raw viewed-then-bought counts (empty without events)."""
+    n_p = catalog.n_products
+    empty = sp.csr_matrix((n_p, n_p))
+    if events is None:
+        return {"coview": empty, "cocart": empty, "viewed_bought_raw": empty}
+    ev, cfg = events, config
+    view, cart = ev.history & ev.is_view, ev.history & ev.is_cart
+    coview, _ = cooccurrence(
+        ev.session[view], ev.product[view], n_p, cfg.cooc_prior, cfg.cooc_neighbours
+    )
+    cocart, _ = cooccurrence(
+        ev.session[cart], ev.product[cart], n_p, cfg.cooc_prior, cfg.cooc_neighbours
+    )
+    raw = viewed_then_bought(
         shop,
-        ev.loc[hist],
-        sess[hist],
-        p_of[hist],
+        ev.frame.loc[ev.history],
+        ev.session[ev.history],
+        ev.product[ev.history],
         as_of=as_of,
         window_days=cfg.upsell_window_days,
-        pidx=pidx,
+        pidx=pd.Index(catalog.products[s.PRODUCT_ID]),
     )
-    return out
-
-
-def _viewed_then_bought(
-    shop: Shop,
-    ev: pd.DataFrame,
-    sess: np.ndarray,
-    p_of: np.ndarray,
-    *,
-    as_of: pd.Timestamp,
-    window_days: int,
-    pidx: pd.Index,
-) -> sp.csr_matrix:
-    """Counts of "viewed A in a session, bought B in the customer's next order within N days"."""
-    n_p = len(pidx)
-    pur = shop.purchases
-    pur = pur.loc[(pur[s.TS] < as_of) & (pur[s.QUANTITY] > 0)]
-    views = ev[s.EVENT_TYPE].to_numpy() != s.REMOVE_FROM_CART
-    if not views.any() or len(pur) == 0:
-        return sp.csr_matrix((n_p, n_p))
-    starts = (
-        pd.DataFrame(
-            {"sess": sess, s.CUSTOMER_ID: ev[s.CUSTOMER_ID].to_numpy(), s.TS: ev[s.TS].to_numpy()}
-        )
-        .groupby("sess", sort=True)
-        .agg(**{s.CUSTOMER_ID: (s.CUSTOMER_ID, "first"), s.TS: (s.TS, "min")})
-        .reset_index()
-        .sort_values(s.TS)
-    )
-    heads = pur.drop_duplicates(s.ORDER_ID)[[s.ORDER_ID, s.CUSTOMER_ID, s.TS]].sort_values(s.TS)
-    matched = pd.merge_asof(
-        starts,
-        heads.rename(columns={s.TS: "order_ts"}),
-        left_on=s.TS,
-        right_on="order_ts",
-        by=s.CUSTOMER_ID,
-        direction="forward",
-        allow_exact_matches=False,
-        tolerance=pd.Timedelta(days=window_days),
-    ).dropna(subset=[s.ORDER_ID])
-    if len(matched) == 0:
-        return sp.csr_matrix((n_p, n_p))
-    order_codes, order_of_line = np.unique(pur[s.ORDER_ID].to_numpy(), return_inverse=True)
-    b = indicator(order_of_line, pidx.get_indexer(pur[s.PRODUCT_ID]), (len(order_codes), n_p))
-    n_sess = int(sess.max()) + 1
-    v = indicator(sess[views], p_of[views], (n_sess, n_p))
-    sess_rows = matched["sess"].to_numpy()
-    order_rows = np.searchsorted(order_codes, matched[s.ORDER_ID].to_numpy())
-    vb = (v[sess_rows].T @ b[order_rows]).tocsr()
-    vb.setdiag(0)
-    vb.eliminate_zeros()
-    return vb
+    return {"coview": coview, "cocart": cocart, "viewed_bought_raw": raw}

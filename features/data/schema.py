@@ -41,10 +41,11 @@ ADD_TO_CART = "add_to_cart"
 REMOVE_FROM_CART = "remove_from_cart"
 EVENT_TYPES = (VIEW, ADD_TO_CART, REMOVE_FROM_CART)
 
-# Tasks and placements.
+# Task names as they appear in every output (the tasks themselves are declared in
+# ``features/tasks/``) and the placements a request comes from.
 CROSS_SELL = "cross_sell"
 UPSELL = "upsell"
-TASKS = (CROSS_SELL, UPSELL)
+REPLENISH = "replenish"
 PLACEMENTS = ("product_page", "cart", "checkout", "post_purchase")
 
 # Persona column used to slice metrics and to pick segment popularity, in order of preference.

@@ -1,0 +1,164 @@
+"""Item-to-item tables mined from baskets, sessions and order sequences (sparse, pruned).
+
+Every function reads only the rows it is given; the snapshot passes rows before its cut-off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.arrays import PairLookup, indicator, prune_rows
+from features.data import schema as s
+from features.data.io import Shop
+
+
+def shrunk_lift(
+    counts: sp.csr_matrix, n_a: np.ndarray, n_b: np.ndarray, n: float, prior: float
+) -> sp.csr_matrix:
+    """Shrunk lift ``(C + prior) / (E + prior)`` on the stored entries, E = n_a n_b / n."""
+    c = counts.tocoo()
+    expected = n_a[c.row] * n_b[c.col] / max(n, 1.0)
+    lift = (c.data + prior) / (expected + prior)
+    return sp.csr_matrix((lift, (c.row, c.col)), shape=counts.shape)
+
+
+def cooccurrence(
+    group: np.ndarray,
+    item: np.ndarray,
+    n_items: int,
+    prior: float,
+    neighbours: int,
+    min_count: int = 1,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Item x item shrunk lift and confidence from (group, item) incidences.
+
+    Returns:
+        ``(lift, confidence)``, both pruned to the top ``neighbours`` by lift per row, diagonal
+        removed, only pairs with lift > 1.
+    """
+    if len(group) == 0:
+        empty = sp.csr_matrix((n_items, n_items))
+        return empty, empty
+    _, g = np.unique(group, return_inverse=True)
+    b = indicator(g, item, (int(g.max()) + 1, n_items))
+    counts = (b.T @ b).tocsr()
+    counts.setdiag(0)
+    counts.data[counts.data < min_count] = 0
+    counts.eliminate_zeros()
+    n_i = np.asarray(b.sum(axis=0)).ravel()
+    lift = shrunk_lift(counts, n_i, n_i, b.shape[0], prior)
+    lift.data[lift.data <= 1.0] = 0
+    lift.eliminate_zeros()
+    lift = prune_rows(lift, neighbours)
+    lc = lift.tocoo()
+    conf = sp.csr_matrix(
+        (PairLookup(counts).get(lc.row, lc.col) / np.maximum(n_i[lc.row], 1), (lc.row, lc.col)),
+        shape=lift.shape,
+    )
+    return lift, conf
+
+
+def sequential_lift(
+    orders: pd.DataFrame,
+    n_items: int,
+    window_days: float,
+    prior: float,
+    neighbours: int,
+    min_count: int = 1,
+) -> sp.csr_matrix:
+    """Shrunk lift of "bought A in one order, then B in the customer's next order within N days".
+
+    Args:
+        orders: Distinct ``(order, customer, day, item)`` rows.
+    """
+    heads = orders.drop_duplicates("order").sort_values(["customer", "day", "order"])
+    same = heads["customer"].to_numpy()[1:] == heads["customer"].to_numpy()[:-1]
+    gap = np.diff(heads["day"].to_numpy())
+    ok = same & (gap > 0) & (gap <= window_days)
+    prev_o = heads["order"].to_numpy()[:-1][ok]
+    next_o = heads["order"].to_numpy()[1:][ok]
+    if len(prev_o) == 0:
+        return sp.csr_matrix((n_items, n_items))
+    codes, o = np.unique(orders["order"].to_numpy(), return_inverse=True)
+    b = indicator(o, orders["item"].to_numpy(), (len(codes), n_items))
+    pos_prev = np.searchsorted(codes, prev_o)
+    pos_next = np.searchsorted(codes, next_o)
+    bp, bn = b[pos_prev], b[pos_next]
+    counts = (bp.T @ bn).tocsr()
+    counts.setdiag(0)
+    counts.data[counts.data < min_count] = 0
+    counts.eliminate_zeros()
+    n_a = np.asarray(bp.sum(axis=0)).ravel()
+    n_b = np.asarray(bn.sum(axis=0)).ravel()
+    lift = shrunk_lift(counts, n_a, n_b, len(prev_o), prior)
+    lift.data[lift.data <= 1.0] = 0
+    lift.eliminate_zeros()
+    return prune_rows(lift, neighbours)
+
+
+def sessions(events: pd.DataFrame, gap_minutes: int) -> np.ndarray:
+    """A session number per event row: ``session_id`` when present, else gaps per customer."""
+    if s.SESSION_ID in events.columns and events[s.SESSION_ID].notna().all():
+        key = events[s.CUSTOMER_ID] + "\x1f" + events[s.SESSION_ID]
+        return pd.factorize(key)[0]
+    order = np.lexsort((events[s.TS].to_numpy(), events[s.CUSTOMER_ID].to_numpy()))
+    cust = events[s.CUSTOMER_ID].to_numpy()[order]
+    ts = events[s.TS].to_numpy()[order]
+    new = np.ones(len(order), dtype=bool)
+    new[1:] = (cust[1:] != cust[:-1]) | ((ts[1:] - ts[:-1]) > np.timedelta64(gap_minutes, "m"))
+    sess = np.empty(len(order), dtype=np.int64)
+    sess[order] = np.cumsum(new) - 1
+    return sess
+
+
+def viewed_then_bought(
+    shop: Shop,
+    ev: pd.DataFrame,
+    sess: np.ndarray,
+    p_of: np.ndarray,
+    *,
+    as_of: pd.Timestamp,
+    window_days: int,
+    pidx: pd.Index,
+) -> sp.csr_matrix:
+    """Counts of "viewed A in a session, bought B in the customer's next order within N days"."""
+    n_p = len(pidx)
+    pur = shop.purchases
+    pur = pur.loc[(pur[s.TS] < as_of) & (pur[s.QUANTITY] > 0)]
+    views = ev[s.EVENT_TYPE].to_numpy() != s.REMOVE_FROM_CART
+    if not views.any() or len(pur) == 0:
+        return sp.csr_matrix((n_p, n_p))
+    starts = (
+        pd.DataFrame(
+            {"sess": sess, s.CUSTOMER_ID: ev[s.CUSTOMER_ID].to_numpy(), s.TS: ev[s.TS].to_numpy()}
+        )
+        .groupby("sess", sort=True)
+        .agg(**{s.CUSTOMER_ID: (s.CUSTOMER_ID, "first"), s.TS: (s.TS, "min")})
+        .reset_index()
+        .sort_values(s.TS)
+    )
+    heads = pur.drop_duplicates(s.ORDER_ID)[[s.ORDER_ID, s.CUSTOMER_ID, s.TS]].sort_values(s.TS)
+    matched = pd.merge_asof(
+        starts,
+        heads.rename(columns={s.TS: "order_ts"}),
+        left_on=s.TS,
+        right_on="order_ts",
+        by=s.CUSTOMER_ID,
+        direction="forward",
+        allow_exact_matches=False,
+        tolerance=pd.Timedelta(days=window_days),
+    ).dropna(subset=[s.ORDER_ID])
+    if len(matched) == 0:
+        return sp.csr_matrix((n_p, n_p))
+    order_codes, order_of_line = np.unique(pur[s.ORDER_ID].to_numpy(), return_inverse=True)
+    b = indicator(order_of_line, pidx.get_indexer(pur[s.PRODUCT_ID]), (len(order_codes), n_p))
+    n_sess = int(sess.max()) + 1
+    v = indicator(sess[views], p_of[views], (n_sess, n_p))
+    sess_rows = matched["sess"].to_numpy()
+    order_rows = np.searchsorted(order_codes, matched[s.ORDER_ID].to_numpy())
+    vb = (v[sess_rows].T @ b[order_rows]).tocsr()
+    vb.setdiag(0)
+    vb.eliminate_zeros()
+    return vb

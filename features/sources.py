@@ -1,0 +1,433 @@
+"""Candidate sources, each declared once by name: builder, reason template, tasks.
+
+Every source returns a :class:`CandidateSet`: the contract ``(query_id, product_id, source,
+source_score)`` held as aligned arrays (``to_frame`` gives the table). Builders read only the
+snapshot (data before its cut-off) and the query's own context; the same builder serves a
+batch of thousands of training queries and the one-query serving path (the one-query case of a
+sparse product is :func:`features.arrays.row_combination`, bit-identical to SciPy's).
+
+To add a source: write its builder here (or in a module imported below) and call
+:func:`register_source` once. Features (``src_<name>_score`` / ``_rank``), the collector,
+candidate recall, per-source baselines and reasons all iterate over the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from features.arrays import PairLookup, indicator, row_combination
+from features.batch import QueryBatch
+from features.data import schema as s
+from features.snapshot import FeatureSnapshot
+
+
+@dataclass(frozen=True)
+class CandidateSet:
+    """One source's candidates: aligned arrays of query position, product position, score."""
+
+    source: str
+    query: np.ndarray
+    product: np.ndarray
+    score: np.ndarray
+
+    def to_frame(self, batch: QueryBatch, snapshot: FeatureSnapshot) -> pd.DataFrame:
+        """The contract table ``(query_id, product_id, source, source_score)``."""
+        return pd.DataFrame(
+            {
+                "query_id": batch.query_ids[self.query],
+                "product_id": snapshot.product_ids[self.product],
+                "source": self.source,
+                "source_score": self.score,
+            }
+        )
+
+
+Builder = Callable[[QueryBatch, FeatureSnapshot], CandidateSet]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A candidate source.
+
+    Attributes:
+        name: Unique name (feature columns ``src_<name>_score`` and ``src_<name>_rank``).
+        tasks: Tasks whose candidates it proposes.
+        build: ``build(batch, snapshot) -> CandidateSet``.
+        reason: Reason template; may use ``{product}`` (the context product behind the
+            strongest co-occurrence), ``{anchor}`` and ``{category}``.
+        names_product: The reason names a context product; without one the generic
+            :data:`NO_PRODUCT_REASON` is shown.
+    """
+
+    name: str
+    tasks: frozenset[str]
+    build: Builder
+    reason: str
+    names_product: bool = False
+
+
+NO_PRODUCT_REASON = "popular with customers like you"
+SOURCES: dict[str, Source] = {}
+
+
+def register_source(source: Source) -> Source:
+    """Add ``source`` to the registry.
+
+    Raises:
+        ValueError: A source of that name exists already.
+    """
+    if source.name in SOURCES:
+        raise ValueError(f"candidate source {source.name!r} is registered twice")
+    SOURCES[source.name] = source
+    return source
+
+
+def sources_for(task: str) -> tuple[Source, ...]:
+    """The sources of ``task``, in registration order."""
+    return tuple(src for src in SOURCES.values() if task in src.tasks)
+
+
+def source_names(task: str) -> tuple[str, ...]:
+    """Names of the sources of ``task``, in registration order."""
+    return tuple(src.name for src in sources_for(task))
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _triples(scores: sp.spmatrix, source: str) -> CandidateSet:
+    c = scores if isinstance(scores, sp.csr_matrix) else sp.csr_matrix(scores)
+    rows = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
+    keep = c.data > 0
+    q, p, v = rows[keep], c.indices[keep].astype(np.int64), c.data[keep]
+    order = np.lexsort((p, q))
+    return CandidateSet(source, q[order], p[order], v[order])
+
+
+def _one_row(source: str, cols: np.ndarray, vals: np.ndarray) -> CandidateSet:
+    keep = vals > 0
+    return CandidateSet(source, np.zeros(int(keep.sum()), dtype=np.int64), cols[keep], vals[keep])
+
+
+def via_product_table(
+    batch: QueryBatch, snapshot: FeatureSnapshot, table: PairLookup, name: str
+) -> CandidateSet:
+    """Products scored by the summed ``table`` rows of the query's context products."""
+    if len(batch) == 1:
+        cols, vals = row_combination(table.matrix, np.unique(batch.context))
+        return _one_row(name, cols, vals)
+    ctx = indicator(batch.context_query, batch.context, (len(batch), snapshot.n_products))
+    return _triples(ctx @ table.matrix, name)
+
+
+def customer_rows(batch: QueryBatch, table: PairLookup) -> tuple[np.ndarray, ...]:
+    """Every stored entry of each query's customer row: ``(query, product, value)``.
+
+    The same code for one query and many (no sparse product, so no ordering subtleties).
+    """
+    m = table.matrix
+    known = np.flatnonzero(batch.customer >= 0)
+    cust = batch.customer[known]
+    starts = m.indptr[cust].astype(np.int64)
+    sizes = m.indptr[cust + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    q = np.repeat(known.astype(np.int64), sizes)
+    return q, m.indices[take].astype(np.int64), m.data[take].astype(np.float64)
+
+
+def _positive(name: str, q: np.ndarray, p: np.ndarray, score: np.ndarray) -> CandidateSet:
+    ok = np.isfinite(score) & (score > 0)
+    return CandidateSet(name, q[ok], p[ok], score[ok])
+
+
+# --------------------------------------------------------------------------- cross-sell
+
+
+def candidates_from_cooc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products bought in the same orders as the context, scored by summed shrunk lift."""
+    return via_product_table(batch, snapshot, snapshot.pairs.cooc, "cooc")
+
+
+def candidates_from_cooc_conf(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products bought in the same orders as the context, by summed ``P(b | a)`` over the
+    context (the "frequently bought together" heuristic, on the lift-pruned neighbours)."""
+    return via_product_table(batch, snapshot, snapshot.pairs.cooc_conf, "cooc_conf")
+
+
+def candidates_from_sequential(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products bought in the next order after the context products, by summed lift."""
+    return via_product_table(batch, snapshot, snapshot.pairs.sequential, "sequential")
+
+
+def candidates_from_coview(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products viewed in the same sessions as the context (empty without events)."""
+    return via_product_table(batch, snapshot, snapshot.pairs.coview, "coview")
+
+
+def candidates_from_cocart(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products added to cart in the same sessions as the context (empty without events)."""
+    return via_product_table(batch, snapshot, snapshot.pairs.cocart, "cocart")
+
+
+def candidates_from_category_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Top products of the categories most associated with the context's categories.
+
+    ``(context categories) @ assoc @ top``: the category weights are computed first (summed
+    association per category), then the top lists are combined with those weights, for one
+    query and many alike.
+    """
+    n_cat = len(snapshot.category_levels)
+    cats = snapshot.products.category[batch.context]
+    assoc, top = snapshot.pairs.category_assoc.matrix, snapshot.pairs.category_top.matrix
+    xc = indicator(batch.context_query, cats, (len(batch), n_cat))
+    weights = sp.csr_matrix(xc @ assoc)
+    weights.sort_indices()
+    wq = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(weights.indptr))
+    wc = weights.indices.astype(np.int64)
+    wv = weights.data
+    if len(batch) == 1:
+        return _one_row("category_assoc", *row_combination(top, wc, wv))
+    q_rows, c_rows, v_rows = [], [], []
+    starts = top.indptr[wc].astype(np.int64)
+    sizes = top.indptr[wc + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    q_rows.append(np.repeat(wq, sizes))
+    c_rows.append(top.indices[take].astype(np.int64))
+    v_rows.append(np.repeat(wv, sizes) * top.data[take])
+    q, p, v = (np.concatenate(x) for x in (q_rows, c_rows, v_rows))
+    key = q * snapshot.n_products + p
+    uniq, inv = np.unique(key, return_inverse=True)
+    sums = np.bincount(inv, weights=v)
+    keep = sums > 0
+    uniq, sums = uniq[keep], sums[keep]
+    return CandidateSet(
+        "category_assoc", uniq // snapshot.n_products, uniq % snapshot.n_products, sums
+    )
+
+
+def candidates_from_segment_popular(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Most popular products of the customer's persona segment (global for unknown customers)."""
+    seg = snapshot.segment_of(batch.customer)
+    top = snapshot.top.global_top
+    pop = snapshot.products.long_popularity
+    seg_table = snapshot.top.segment_top.matrix
+    known = np.flatnonzero(seg >= 0)
+    starts = seg_table.indptr[seg[known]].astype(np.int64)
+    sizes = seg_table.indptr[seg[known] + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    unknown = np.flatnonzero(seg < 0)
+    q = np.concatenate([np.repeat(known, sizes), np.repeat(unknown, len(top))]).astype(np.int64)
+    p = np.concatenate([seg_table.indices[take], np.tile(top, len(unknown))]).astype(np.int64)
+    v = np.concatenate([seg_table.data[take], np.tile(pop[top], len(unknown))])
+    order = np.lexsort((p, q))
+    return _positive("segment_popular", q[order], p[order], v[order])
+
+
+def candidates_from_trending(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products whose share of recent order lines is rising, the same list for every query."""
+    top, score = snapshot.top.trending_top, snapshot.top.trending_score
+    n = len(batch)
+    return CandidateSet(
+        "trending",
+        np.repeat(np.arange(n, dtype=np.int64), len(top)),
+        np.tile(top, n),
+        np.tile(score, n),
+    )
+
+
+# --------------------------------------------------------------------------- upsell
+
+
+def upsell_universe(batch: QueryBatch, snapshot: FeatureSnapshot) -> tuple[np.ndarray, ...]:
+    """Every (query, version) pair inside the anchor's family, pricier and within the cap.
+
+    Returns:
+        ``(query, product, 1 + popularity share)`` sorted by query then product.
+    """
+    table = snapshot.pairs.upsell_pairs.matrix
+    has = np.flatnonzero(batch.anchor >= 0)
+    anchor = batch.anchor[has]
+    starts = table.indptr[anchor].astype(np.int64)
+    sizes = table.indptr[anchor + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    q = np.repeat(has.astype(np.int64), sizes)
+    p = table.indices[take].astype(np.int64)
+    order = np.lexsort((p, q))
+    return q[order], p[order], table.data[take][order]
+
+
+UpsellScore = Callable[
+    [QueryBatch, FeatureSnapshot, np.ndarray, np.ndarray, np.ndarray], np.ndarray
+]
+
+
+def _upsell_scored(name: str, score: UpsellScore) -> Builder:
+    def build(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+        q, p, pop = upsell_universe(batch, snapshot)
+        return _positive(name, q, p, score(batch, snapshot, q, p, pop))
+
+    build.__doc__ = f"Upsell universe scored by {score.__name__}."
+    return build
+
+
+def _family_popularity(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray, pop: np.ndarray
+) -> np.ndarray:
+    return pop
+
+
+def _closest_price_step(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray, pop: np.ndarray
+) -> np.ndarray:
+    price = snapshot.products.price
+    return price[batch.anchor[q]] / price[p]
+
+
+def _price_level_fit(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray, pop: np.ndarray
+) -> np.ndarray:
+    cust = batch.customer[q]
+    level = np.where(cust >= 0, snapshot.customers.price_level[np.maximum(cust, 0)], np.nan)
+    return 1.0 - np.abs(snapshot.products.price_pct_in_category[p] - level)
+
+
+def _viewed_or_carted(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray, pop: np.ndarray
+) -> np.ndarray:
+    cust = batch.customer[q]
+    return snapshot.browsing.views_30.get(cust, p) + snapshot.browsing.carts_30.get(cust, p)
+
+
+def _viewed_then_bought(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray, pop: np.ndarray
+) -> np.ndarray:
+    return snapshot.pairs.viewed_bought.get(batch.anchor[q], p)
+
+
+# --------------------------------------------------------------------------- replenish
+
+
+def candidates_from_personal_frequency(
+    batch: QueryBatch, snapshot: FeatureSnapshot
+) -> CandidateSet:
+    """The customer's own products by recency-weighted order count (half-life in config)."""
+    q, p, v = customer_rows(batch, snapshot.history.frequency)
+    return _positive("personal_frequency", q, p, v)
+
+
+def candidates_from_repurchase_due(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """The customer's own products that are due: days since the last purchase against the
+    customer's own interval for the product (2+ orders), else the product's typical cycle.
+
+    Score ``min(r, 1 / r)`` with ``r = days since / interval``: 1 when exactly due.
+    """
+    q, p, last = customer_rows(batch, snapshot.history.last_bought)
+    own = snapshot.history.interval.get(batch.customer[q], p)
+    interval = np.where(own > 0, own, snapshot.products.cycle_days[p])
+    since = np.maximum(batch.as_of[q] - last, 0.5)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = since / interval
+        score = np.minimum(r, 1.0 / r)
+    return _positive("repurchase_due", q, p, score)
+
+
+def candidates_from_owned_with_cart(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products that go with the cart (order co-occurrence lift); the task's eligibility keeps
+    only those the customer bought before."""
+    return via_product_table(batch, snapshot, snapshot.pairs.cooc, "owned_with_cart")
+
+
+# --------------------------------------------------------------------------- the registry
+
+CS, UP, RE = s.CROSS_SELL, s.UPSELL, s.REPLENISH
+for _source in (
+    Source("cooc", frozenset({CS}), candidates_from_cooc, "bought together with {product}", True),
+    Source(
+        "cooc_conf",
+        frozenset({CS}),
+        candidates_from_cooc_conf,
+        "often bought with {product}",
+        True,
+    ),
+    Source(
+        "sequential",
+        frozenset({CS}),
+        candidates_from_sequential,
+        "often bought after {product}",
+        True,
+    ),
+    Source(
+        "coview", frozenset({CS}), candidates_from_coview, "viewed together with {product}", True
+    ),
+    Source(
+        "cocart", frozenset({CS}), candidates_from_cocart, "added to carts with {product}", True
+    ),
+    Source(
+        "category_assoc",
+        frozenset({CS}),
+        candidates_from_category_assoc,
+        "{category} goes well with your basket",
+    ),
+    Source(
+        "segment_popular",
+        frozenset({CS}),
+        candidates_from_segment_popular,
+        "popular with customers like you",
+    ),
+    Source("trending", frozenset({CS}), candidates_from_trending, "trending now"),
+    Source(
+        "family_popular",
+        frozenset({UP}),
+        _upsell_scored("family_popular", _family_popularity),
+        "a popular upgrade of {anchor}",
+    ),
+    Source(
+        "family_next_tier",
+        frozenset({UP}),
+        _upsell_scored("family_next_tier", _closest_price_step),
+        "the next step up from {anchor}",
+    ),
+    Source(
+        "price_level_fit",
+        frozenset({UP}),
+        _upsell_scored("price_level_fit", _price_level_fit),
+        "matches the quality you usually choose",
+    ),
+    Source(
+        "viewed_version",
+        frozenset({UP}),
+        _upsell_scored("viewed_version", _viewed_or_carted),
+        "you looked at this version",
+    ),
+    Source(
+        "viewed_then_bought",
+        frozenset({UP}),
+        _upsell_scored("viewed_then_bought", _viewed_then_bought),
+        "customers like you upgraded to this",
+    ),
+    Source(
+        "personal_frequency",
+        frozenset({RE}),
+        candidates_from_personal_frequency,
+        "you buy this regularly",
+    ),
+    Source(
+        "repurchase_due",
+        frozenset({RE}),
+        candidates_from_repurchase_due,
+        "time to restock",
+    ),
+    Source(
+        "owned_with_cart",
+        frozenset({RE}),
+        candidates_from_owned_with_cart,
+        "you usually buy this with {product}",
+        True,
+    ),
+):
+    register_source(_source)
