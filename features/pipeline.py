@@ -20,6 +20,7 @@ from features.columns import source_columns
 from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import Shop
+from features.guardrails import allowed
 from features.matrix import FeatureMatrix, build_features, feature_columns
 from features.queries import REBUY
 from features.snapshot import FeatureSnapshot, build_snapshot
@@ -40,6 +41,7 @@ class TaskSet:
         columns: Feature names.
         label: 1 for a positive candidate, else 0.
         rebuy: True for a positive the customer had bought before the query (a re-buy).
+        allowed: True where the row passes the task's guardrails (``features.guardrails``).
         query_id: Query id per row.
         product_id: Product id per row.
         best_source: Best-ranking source index per row (into ``sources``).
@@ -55,6 +57,7 @@ class TaskSet:
     columns: list[str]
     label: np.ndarray
     rebuy: np.ndarray
+    allowed: np.ndarray
     query_id: np.ndarray
     product_id: np.ndarray
     best_source: np.ndarray
@@ -82,6 +85,7 @@ class TaskSet:
             columns=self.columns,
             label=self.label[rows],
             rebuy=self.rebuy[rows],
+            allowed=self.allowed[rows],
             query_id=self.query_id[rows],
             product_id=self.product_id[rows],
             best_source=self.best_source[rows],
@@ -177,6 +181,7 @@ def build_task_set(
                     "X": fm.X,
                     "label": y,
                     "rebuy": rebuy,
+                    "allowed": allowed(batch, snap, fm),
                     "query_id": batch.query_ids[fm.query],
                     "product_id": snap.product_ids[fm.product],
                     "best_source": fm.best_source,
@@ -198,6 +203,7 @@ def build_task_set(
         columns=columns,
         label=np.concatenate([p["label"] for p in parts]),
         rebuy=np.concatenate([p["rebuy"] for p in parts]),
+        allowed=np.concatenate([p["allowed"] for p in parts]),
         query_id=np.concatenate([p["query_id"] for p in parts]),
         product_id=np.concatenate([p["product_id"] for p in parts]),
         best_source=np.concatenate([p["best_source"] for p in parts]),

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -43,7 +43,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from features.data import schema as s
-from training.model import PLACEMENT_TASKS, ModelLoadError, QueryResult, XsellModel, load_model
+from features.recommend import QueryResult, placement_defaults
+from features.tasks import get_task, task_names, tasks_at
+from training.model import XsellModel, export_model, load_serving_model
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +58,9 @@ MAX_K = 50
 MAX_CART = 200
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 64 * 1024
-# Items per task when the request does not say (DESIGN.md: placement defaults 1-3).
-DEFAULT_K: dict[str, dict[str, int]] = {
-    "product_page": {s.UPSELL: 3, s.CROSS_SELL: 2},
-    "cart": {s.CROSS_SELL: 3},
-    "checkout": {s.CROSS_SELL: 3},
-    "post_purchase": {s.CROSS_SELL: 3},
-}
 
 Placement = Literal[s.PLACEMENTS]  # type: ignore[valid-type]
-Task = Literal[s.TASKS]  # type: ignore[valid-type]
+Task = Literal[task_names()]  # type: ignore[valid-type]
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
 Ids = Annotated[list[Id], Field(max_length=MAX_CART)]
 ItemCount = Annotated[int | None, Field(ge=0, le=MAX_K)]
@@ -87,54 +82,76 @@ class _Request(BaseModel):
     )
 
 
-class RecommendRequest(_Request):
-    """``POST /recommend``: cross-sells and upsells for one customer at one placement.
+def _placements_doc(task: str) -> str:
+    defaults = {p: placement_defaults(p).get(task, 0) for p in s.PLACEMENTS}
+    return ", ".join(f"{p} {k}" for p, k in defaults.items() if k)
 
-    ``k_cross_sell`` / ``k_upsell`` are 0..50 (0 skips the task) and default per placement
-    (:data:`DEFAULT_K`); at least one task of the placement must ask for an item. Upsells need
-    a viewed product, so only ``product_page`` has them.
+
+class _RecommendBase(_Request):
+    """``POST /recommend``: every task of the placement for one customer.
+
+    ``k_<task>`` is 0..50 (0 skips the task) and defaults per placement (declared with each
+    task); at least one task of the placement must ask for an item. Upsells need a viewed
+    product, so only ``product_page`` has them.
     """
 
-    k_cross_sell: ItemCount = Field(None, description="Cross-sell items wanted (0..50).")
-    k_upsell: ItemCount = Field(None, description="Upsell items wanted (0..50, product page).")
-
     @model_validator(mode="after")
-    def _consistent(self) -> RecommendRequest:
+    def _consistent(self) -> _RecommendBase:
         if self.placement == "product_page" and self.product_id is None:
             raise ValueError("product_id is required when placement is 'product_page'")
         if not any(self.wanted().values()):
-            fields = " / ".join(f"k_{t}" for t in PLACEMENT_TASKS[self.placement])
+            fields = " / ".join(f"k_{t.name}" for t in tasks_at(self.placement))
             raise ValueError(f"{fields}: ask for at least one item at {self.placement!r}")
         return self
 
     def notes(self) -> list[str]:
         """Warnings about request fields that the placement ignores."""
-        if self.k_upsell and s.UPSELL not in PLACEMENT_TASKS[self.placement]:
-            return [f"k_upsell ignored: upsells are for product_page, not {self.placement}"]
-        return []
+        served = {t.name for t in tasks_at(self.placement)}
+        return [
+            f"k_{task} ignored: {task} is not offered at {self.placement}"
+            for task in task_names()
+            if getattr(self, f"k_{task}") and task not in served
+        ]
 
     def wanted(self) -> dict[str, int]:
         """Task -> items wanted, for the tasks of the placement."""
-        given = {s.CROSS_SELL: self.k_cross_sell, s.UPSELL: self.k_upsell}
-        default = DEFAULT_K[self.placement]
-        return {
-            t: default.get(t, 0) if given[t] is None else given[t]
-            for t in PLACEMENT_TASKS[self.placement]
-        }
+        default = placement_defaults(self.placement)
+        out = {}
+        for task in default:
+            given = getattr(self, f"k_{task}")
+            out[task] = default[task] if given is None else given
+        return out
+
+
+# One ``k_<task>`` field per declared task (the task registry is the one declaration).
+RecommendRequest = create_model(
+    "RecommendRequest",
+    __base__=_RecommendBase,
+    __doc__=_RecommendBase.__doc__,
+    **{
+        f"k_{task}": (
+            ItemCount,
+            Field(
+                None, description=f"{task} items wanted (0..50; defaults: {_placements_doc(task)})."
+            ),
+        )
+        for task in task_names()
+    },
+)
 
 
 class RankRequest(_Request):
     """``POST /rank``: score a caller-supplied product list for one customer and context."""
 
-    task: Task = Field(s.CROSS_SELL, description="Which ranker scores the list.")
+    task: Task = Field(s.CROSS_SELL, description="Which task's served policy scores the list.")
     products: Annotated[list[Id], Field(min_length=1, max_length=MAX_CART)] = Field(
         description="Product ids to rank (1..200)."
     )
 
     @model_validator(mode="after")
-    def _anchor_for_upsell(self) -> RankRequest:
-        if self.task == s.UPSELL and self.product_id is None:
-            raise ValueError("product_id is required when task is 'upsell'")
+    def _anchor_when_needed(self) -> RankRequest:
+        if get_task(self.task).needs_anchor and self.product_id is None:
+            raise ValueError(f"product_id is required when task is {self.task!r}")
         return self
 
 
@@ -147,20 +164,32 @@ class Item(BaseModel):
     reason: str
 
 
-class RecommendResponse(BaseModel):
-    """Cross-sell and upsell lists, best first, with the model version and flags."""
+class _RecommendResponseBase(BaseModel):
+    """One list per task (best first; empty when not asked for), the served policy per task,
+    the model version and flags."""
 
-    cross_sell: list[Item]
-    upsell: list[Item]
     model_version: str
+    policies: dict[str, str] = Field(
+        description="Task -> served policy: 'ranker' or 'baseline:<name>' (the heuristic that "
+        "beat the ranker on the holdout)."
+    )
     fallback: bool = Field(description="Popularity was used (unknown customer, cold start).")
     warnings: list[str]
+
+
+RecommendResponse = create_model(
+    "RecommendResponse",
+    __base__=_RecommendResponseBase,
+    __doc__=_RecommendResponseBase.__doc__,
+    **{task: (list[Item], Field(default_factory=list)) for task in task_names()},
+)
 
 
 class RankResponse(BaseModel):
     """The given products that the model knows, best first, with their scores."""
 
     task: str
+    policy: str
     items: list[Item]
     model_version: str
     fallback: bool
@@ -180,64 +209,12 @@ EXAMPLE_REQUEST: dict[str, Any] = {
 # --------------------------------------------------------------------------- model loading
 
 
-def _registered_version(uri: str) -> str:
-    """``name/version`` of a ``models:/name@alias`` or ``models:/name/version`` URI."""
-    from mlflow.tracking import MlflowClient
-
-    ref = uri.removeprefix("models:/").strip("/")
-    if "@" not in ref:
-        return ref
-    name, alias = ref.split("@", 1)
-    try:
-        return f"{name}/{MlflowClient().get_model_version_by_alias(name, alias).version}"
-    except Exception as exc:  # MLflow raises several types for a missing model or alias
-        raise ModelLoadError(f"cannot resolve {uri}: {exc}") from exc
-
-
 def default_model_uri() -> str:
     """``$XSELL_MODEL_URI``, else the bundled ``bento_model/`` folder (in a bento), else the
     champion of the local MLflow store."""
     if uri := os.environ.get(MODEL_URI_ENV):
         return uri
     return str(BUNDLED_MODEL) if BUNDLED_MODEL.is_dir() else DEFAULT_MODEL_URI
-
-
-def load_serving_model(uri: str) -> tuple[XsellModel, str]:
-    """Load one model version and name it.
-
-    Args:
-        uri: A model folder, or an MLflow URI in the store of ``training.tracking``
-            (``MLFLOW_TRACKING_URI`` or the repository's ``mlruns/``).
-
-    Returns:
-        The model and its version label: ``name/version`` for registry URIs, the folder's
-        recorded ``model_version`` (``xsell export-model``), else ``run:<run id>``.
-
-    Raises:
-        training.model.ModelLoadError: The URI names no loadable model.
-    """
-    if Path(uri).is_dir():
-        model = load_model(uri)
-        version = model.meta.get("model_version") or f"run:{model.meta.get('run_id', 'unknown')}"
-        return model, str(version)
-    from training.tracking import use_store
-
-    use_store()
-    version = None
-    if uri.startswith("models:/"):
-        version = _registered_version(uri)  # pin the alias: load exactly that version
-        uri = f"models:/{version}"
-    with tempfile.TemporaryDirectory(prefix="xsell-model-") as tmp:
-        model = load_model(uri, dst_path=tmp)
-    return model, version or f"run:{model.meta.get('run_id', 'unknown')}"
-
-
-def export_model(uri: str, out: str | Path) -> tuple[Path, str]:
-    """Write the model of ``uri`` as a folder that records its version (for ``bentoml build``)."""
-    model, version = load_serving_model(uri)
-    model.meta["model_version"] = version
-    model.meta["source_uri"] = uri
-    return model.save(out), version
 
 
 def serve(*, model: str | None, host: str, port: int, workers: int) -> None:
@@ -270,6 +247,8 @@ def model_card(model: XsellModel, version: str) -> dict[str, Any]:
         "data_range": meta.get("data_range"),
         "snapshot_as_of": str(model.snapshot.as_of_timestamp),
         "metrics": metrics,
+        "policies": {t.name: model.policy(t.name) for t in model.tasks},
+        "served_metrics": meta.get("served_metrics", {}),
         "customers": model.snapshot.n_customers,
         "products": model.snapshot.n_products,
     }
@@ -351,13 +330,12 @@ class XsellService:
             cart=list(req.cart),
             k=req.wanted(),
         )
-        cross, up = out.get(s.CROSS_SELL), out.get(s.UPSELL)
         return RecommendResponse(
-            cross_sell=_items(cross),
-            upsell=_items(up),
+            **{task: _items(result) for task, result in out.items()},
             model_version=self.version,
+            policies={task: result.policy for task, result in out.items()},
             fallback=any(r.fallback for r in out.values()),
-            warnings=req.notes() + _warnings(cross, up),
+            warnings=req.notes() + _warnings(*out.values()),
         )
 
     @bentoml.api(route="/rank", input_spec=RankRequest)
@@ -374,6 +352,7 @@ class XsellService:
         )
         return RankResponse(
             task=req.task,
+            policy=result.policy,
             items=_items(result),
             model_version=self.version,
             fallback=result.fallback,

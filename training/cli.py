@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from features.data.io import DataValidationError
+
+if TYPE_CHECKING:
+    from training.train import TrainResult
 
 app = typer.Typer(
     help="Cross-sell and upsell ranking for shops.",
@@ -87,26 +90,25 @@ def main() -> None:
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML training config")]
 
 
-def _summary_table(result) -> None:
-    from features.data import schema as s
-
+def _summary_table(result: TrainResult) -> None:
+    """The end-of-training table: ranker vs best baseline per task and the served policy."""
     typer.echo("")
     typer.echo(
-        f"{'task':<11} {'model ndcg@10':>14} {'best baseline':>28} {'ratio':>7} {'cand. recall':>13}"
+        f"{'task':<11} {'ranker ndcg@10':>14} {'best baseline':>30} {'ratio':>6} "
+        f"{'cand. recall':>12}  served policy"
     )
-    for task in s.TASKS:
-        ev = result.evaluations[task]
+    for task, ev in result.evaluations.items():
         model = ev.metrics["ndcg_at_10"]
         base = ev.metrics[f"baseline_{ev.best_baseline}.ndcg_at_10"]
         ratio = model / base if base > 0 else float("inf")
         label = f"{ev.best_baseline} {base:.4f}"
         typer.echo(
-            f"{task:<11} {model:>14.4f} {label:>28} {ratio:>7.2f} {ev.metrics['candidate_recall']:>13.3f}"
+            f"{task:<11} {model:>14.4f} {label:>30} {ratio:>6.2f} "
+            f"{ev.metrics['candidate_recall']:>12.3f}  {result.policies[task]}"
         )
-        if model <= base:
-            typer.secho(
-                f"  {task}: the model does NOT beat the best baseline", fg=typer.colors.YELLOW
-            )
+    for task, policy in result.policies.items():
+        if task not in result.evaluations:
+            typer.echo(f"{task:<11} {'(no holdout queries)':>14}  served policy {policy}")
     verdict = "promoted to champion" if result.promoted else "not promoted"
     typer.echo(
         f"\nregistered version {result.version} (alias challenger): {verdict}: {result.reason}"
@@ -170,10 +172,12 @@ def evaluate_cmd(
     evals = evaluate_model(xm, holdout_sets(xm, shop, start=lo, end=hi, seed=0))
     for task, ev in evals.items():
         typer.echo(
-            f"{task}: {int(ev.metrics['n_queries'])} queries, candidate recall {ev.metrics['candidate_recall']:.3f}"
+            f"{task}: {int(ev.metrics['n_queries'])} queries, candidate recall "
+            f"{ev.metrics['candidate_recall']:.3f}, served policy {xm.policy(task)}, "
+            f"best baseline {ev.best_baseline}"
         )
         names = [
-            "model",
+            *(["model"] if ev.has_ranker else []),
             *sorted(
                 {
                     k.split(".")[0][len("baseline_") :]
@@ -290,10 +294,17 @@ def serve_cmd(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (one model each)")] = 1,
 ) -> None:
     """Start the prediction API (BentoML) on one model version; Ctrl-C to stop."""
-    from serving.service import serve
+    import subprocess
 
     typer.echo(f"xsell API on http://{host}:{port} (POST /recommend, /rank; GET /model)")
-    serve(model=model, host=host, port=port, workers=workers)
+    cmd = [sys.executable, "-m", "serving", "--host", host, "--port", str(port)]
+    cmd += ["--workers", str(workers), *(["--model", model] if model else [])]
+    try:
+        code = subprocess.run(cmd, check=False).returncode
+    except KeyboardInterrupt:
+        code = 0
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("export-model")
@@ -304,7 +315,7 @@ def export_model_cmd(
     ] = "models:/xsell-ranker@champion",
 ) -> None:
     """Write a model version as a folder (what `bentoml build` packages with the service)."""
-    from serving.service import export_model
+    from training.model import export_model
 
     folder, version = export_model(model, out)
     typer.echo(f"wrote model {version} to {folder}")

@@ -1,4 +1,10 @@
-"""Evaluation of a model and the baselines on the same holdout queries."""
+"""Evaluation of a model, its served policy and the baselines on the same holdout queries.
+
+Every task is compared with each of its baselines (declared with the task, plus each candidate
+source alone) on the same holdout queries and candidates. :func:`choose_policy` is the
+"never worse than the heuristics" rule: a task is served by its ranker only if the ranker beats
+the best baseline by ``margin``; otherwise by that baseline.
+"""
 
 from __future__ import annotations
 
@@ -9,29 +15,15 @@ import pandas as pd
 
 from features.arrays import rank_within
 from features.batch import QUERY_ID
-from features.data import schema as s
 from features.data.io import Shop
 from features.pipeline import TaskSet, build_task_set
+from features.recommend import BASELINE_PREFIX, RANKER, XsellModel
 from features.snapshot import FeatureSnapshot
+from features.tasks import get_task
 from training import metrics as m
-from training.model import XsellModel
 
 KS = (1, 3, 5, 10)
-# Baselines: a feature column whose value alone ranks the candidates (higher first).
-# ``SEGMENT_POPULARITY`` is computed from the snapshot by :func:`segment_popularity`.
-SEGMENT_POPULARITY = "<segment popularity>"
-BASELINES = {
-    s.CROSS_SELL: {
-        "popular": "prod_pop_90",
-        "segment_popular": SEGMENT_POPULARITY,
-        "cooc_lift": "ctx_lift_max",
-    },
-    s.UPSELL: {
-        "popular": "prod_pop_90",
-        "segment_popular": SEGMENT_POPULARITY,
-        "popular_pricier": "src_family_popular_score",
-    },
-}
+ITEM_KINDS = ("new_items", "rebuy_items")
 
 
 @dataclass(frozen=True)
@@ -39,106 +31,146 @@ class TaskEvaluation:
     """Metrics of one task on a holdout.
 
     Attributes:
-        metrics: Flat ``{name: value}`` (``ndcg_at_10``, ``baseline_popular.ndcg_at_10``, ...).
-        per_segment: Model metrics sliced by customer type and persona segment.
+        metrics: Flat ``{name: value}``: the ranker's (``ndcg_at_10``, ...), each baseline's
+            (``baseline_<name>.ndcg_at_10``), slices by item kind
+            (``new_items.ndcg_at_10``, ``rebuy_items.baseline_<best>.ndcg_at_10``), candidate
+            recall and business proxies.
+        per_segment: Ranker metrics sliced by customer type and persona segment.
         candidate_recall: Source -> share of positives reached.
         best_baseline: Name of the baseline with the highest primary metric.
+        has_ranker: Whether the ranker was scored (False: the task has no ranker).
     """
 
     metrics: dict[str, float]
     per_segment: pd.DataFrame
     candidate_recall: dict[str, float]
     best_baseline: str
+    has_ranker: bool = True
+
+    def value(self, policy: str, key: str) -> float:
+        """Metric ``key`` of a served policy (``ranker`` or ``baseline:<name>``)."""
+        if policy == RANKER:
+            return self.metrics.get(key, float("nan")) if self.has_ranker else float("nan")
+        name = policy.removeprefix(BASELINE_PREFIX)
+        return self.metrics.get(f"baseline_{name}.{key}", float("nan"))
 
 
-def _scores_from_column(ts: TaskSet, column: str) -> np.ndarray:
-    values = ts.X[:, ts.columns.index(column)].astype(np.float64)
-    return np.where(np.isnan(values), -np.inf, values)
+def choose_policy(ev: TaskEvaluation, *, primary: str, margin: float) -> str:
+    """``ranker`` if it beats the best baseline's ``primary`` by the relative ``margin``, else
+    ``baseline:<best>`` (also when the task has no ranker)."""
+    baseline = f"{BASELINE_PREFIX}{ev.best_baseline}"
+    model, base = ev.value(RANKER, primary), ev.value(baseline, primary)
+    if not np.isfinite(model):
+        return baseline
+    if not np.isfinite(base) or model > base * (1 + margin) + 1e-12:
+        return RANKER
+    return baseline
 
 
-def ranking_metrics(ts: TaskSet, score: np.ndarray) -> pd.DataFrame:
-    """Per-query metrics of ``score`` on a task set (missed positives count as misses)."""
-    qindex = pd.Index(ts.queries[QUERY_ID])
-    q = qindex.get_indexer(ts.query_id)
-    n_pos = ts.queries["n_positives"].to_numpy()
-    label = ts.label.astype(np.int64)
-    return m.per_query_metrics(q, score, label, n_pos, ks=KS)
-
-
-def segment_popularity(ts: TaskSet, snapshot: FeatureSnapshot, product: np.ndarray) -> np.ndarray:
-    """Share of the candidate in its query's persona segment's recent purchases (the segment's
-    top list; global popularity for customers without a segment)."""
-    levels = {name: i for i, name in enumerate(snapshot.segment_levels)}
-    q_seg = ts.queries["segment"].map(levels).fillna(-1).astype(np.int64).to_numpy()
-    seg = q_seg[pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)]
-    safe = np.maximum(product, 0)
-    share = snapshot.lookups["segment_top"].get(seg, safe)
-    pop = snapshot.arrays[f"pop_{max(snapshot.config.popularity_windows_days)}"][safe]
-    return np.where(product < 0, -np.inf, np.where(seg < 0, pop, share))
-
-
-def baseline_scores(
-    ts: TaskSet, snapshot: FeatureSnapshot, product: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Every baseline's scores: those of :data:`BASELINES` and each source alone.
+def ranking_metrics(
+    ts: TaskSet,
+    score: np.ndarray,
+    *,
+    label: np.ndarray | None = None,
+    n_pos: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """Per-query metrics of ``score`` on a task set (missed positives count as misses).
 
     Args:
         ts: The task set.
-        snapshot: The snapshot its features came from.
-        product: Product position per row (-1 unknown).
+        score: Score per row.
+        label: Labels to score (default the task set's), e.g. only re-bought positives.
+        n_pos: Positives per query of ``ts.queries`` matching ``label`` (default all).
     """
-    out = {
-        name: segment_popularity(ts, snapshot, product)
-        if col == SEGMENT_POPULARITY
-        else _scores_from_column(ts, col)
-        for name, col in BASELINES[ts.task].items()
+    q = pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)
+    labels = ts.label if label is None else label
+    positives = ts.queries["n_positives"].to_numpy() if n_pos is None else n_pos
+    return m.per_query_metrics(q, score, labels.astype(np.int64), positives, ks=KS)
+
+
+def _item_kind_views(ts: TaskSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Labels and positives per query restricted to new items and to re-bought items."""
+    n_all = ts.queries["n_positives"].to_numpy()
+    n_rebuy = ts.queries["n_positives_rebuy"].to_numpy()
+    rebuy = ts.rebuy.astype(bool)
+    return {
+        "new_items": ((ts.label > 0) & ~rebuy, n_all - n_rebuy),
+        "rebuy_items": ((ts.label > 0) & rebuy, n_rebuy),
     }
-    for src in ts.sources:
-        rank = ts.X[:, ts.columns.index(f"src_{src}_rank")].astype(np.float64)
-        out[f"source_{src}"] = np.where(np.isnan(rank), -np.inf, -rank)
-    return out
 
 
 def evaluate_task(
-    ts: TaskSet, score: np.ndarray, snapshot: FeatureSnapshot, *, primary: str = "ndcg_at_10"
+    ts: TaskSet,
+    score: np.ndarray | None,
+    snapshot: FeatureSnapshot,
+    *,
+    primary: str = "ndcg_at_10",
 ) -> TaskEvaluation:
-    """Model and baseline metrics, business proxies, slices and candidate recall."""
-    per_q = ranking_metrics(ts, score)
-    out = {k: float(v) for k, v in m.summarize(per_q).items()}
-    qindex = pd.Index(ts.queries[QUERY_ID])
-    q = qindex.get_indexer(ts.query_id)
+    """Ranker and baseline metrics, slices by item kind and segment, candidate recall.
+
+    Args:
+        ts: Holdout task set.
+        score: Ranker score per row (None: the task has no ranker; its metrics are NaN).
+        snapshot: The snapshot of the holdout features.
+        primary: The metric that picks the best baseline.
+    """
+    task = get_task(ts.task)
+    cfg = snapshot.config
+    has_ranker = score is not None
+    ranker_score = np.zeros(len(ts)) if score is None else score
+    per_q = ranking_metrics(ts, ranker_score)
+    out = {k: (float(v) if has_ranker else float("nan")) for k, v in m.summarize(per_q).items()}
+    q = pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)
     pidx = np.fromiter(
         (snapshot.product_index.get(p, -1) for p in ts.product_id), dtype=np.int64, count=len(ts)
     )
-    price = np.where(pidx >= 0, snapshot.arrays["price"][np.maximum(pidx, 0)], np.nan)
-    for k in (3, 10):
-        out[f"catalog_coverage_at_{k}"] = m.catalog_coverage(
-            q, score, ts.product_id, k, snapshot.n_products
-        )
-        out[f"expected_revenue_at_{k}"] = m.expected_revenue_at_k(
-            q, score, ts.label, price, k, n_queries=len(qindex)
-        )
-    ratio_col = "price_ratio_anchor" if ts.task == s.UPSELL else "price_ratio_cart"
-    ratio = ts.X[:, ts.columns.index(ratio_col)].astype(np.float64)
-    cfg = snapshot.config
-    if ts.task == s.UPSELL:
-        out["mean_price_uplift_at_3"] = m.mean_price_uplift(q, score, ratio, np.ones_like(ratio), 3)
-        inside = (ratio > 1) & (ratio <= 1 + cfg.upsell_max_uplift + 1e-9)
-    else:
-        inside = np.isnan(ratio) | (ratio <= cfg.cross_sell_price_cap + 1e-9)
-    in_stock = np.where(pidx >= 0, snapshot.arrays["in_stock"][np.maximum(pidx, 0)], False)
-    top = _top_rows(q, score, 3)
-    out["guardrail_share_at_3"] = float(np.mean((inside & in_stock)[top])) if top.any() else np.nan
+    price = np.where(pidx >= 0, snapshot.products.price[np.maximum(pidx, 0)], np.nan)
+    if has_ranker:
+        for k in (3, 10):
+            out[f"catalog_coverage_at_{k}"] = m.catalog_coverage(
+                q, ranker_score, ts.product_id, k, snapshot.n_products
+            )
+            out[f"expected_revenue_at_{k}"] = m.expected_revenue_at_k(
+                q, ranker_score, ts.label, price, k, n_queries=len(ts.queries)
+            )
+        top = rank_within(q, ranker_score.astype(np.float64)) <= 3
+        out["guardrail_share_at_3"] = float(np.mean(ts.allowed[top])) if top.any() else np.nan
     n_pos = ts.queries["n_positives"].to_numpy()
     out["candidate_recall"] = m.candidate_recall(ts.queries["n_found"].to_numpy(), n_pos)
     out["n_queries"] = float(len(ts.queries))
     best_name, best_value = "", -np.inf
-    for name, bscore in baseline_scores(ts, snapshot, pidx).items():
+    baseline_scores: dict[str, np.ndarray] = {}
+    for baseline in task.all_baselines():
+        bscore = baseline.score(ts.X, ts.columns, cfg)
+        baseline_scores[baseline.name] = bscore
         bq = m.summarize(ranking_metrics(ts, bscore))
         for key, value in bq.items():
-            out[f"baseline_{name}.{key}"] = float(value)
+            out[f"baseline_{baseline.name}.{key}"] = float(value)
         if bq[primary] > best_value:
-            best_name, best_value = name, bq[primary]
+            best_name, best_value = baseline.name, bq[primary]
+    views = _item_kind_views(ts)
+    n_rebuy = ts.queries["n_positives_rebuy"].to_numpy()
+    n_found_rebuy = ts.queries["n_found_rebuy"].to_numpy()
+    out["rebuy_share_of_positives"] = float(n_rebuy.sum() / max(n_pos.sum(), 1))
+    for kind, (label, kind_pos) in views.items():
+        out[f"{kind}.n_queries"] = float(np.sum(kind_pos > 0))
+        found = (
+            n_found_rebuy
+            if kind == "rebuy_items"
+            else ts.queries["n_found"].to_numpy() - n_found_rebuy
+        )
+        out[f"{kind}.candidate_recall"] = m.candidate_recall(found, kind_pos)
+        if not (kind_pos > 0).any():
+            continue
+        for name, sc in (
+            ("", ranker_score),
+            (f"baseline_{best_name}.", baseline_scores[best_name]),
+        ):
+            if not name and not has_ranker:
+                continue
+            summary = m.summarize(ranking_metrics(ts, sc, label=label, n_pos=kind_pos))
+            for key in (primary, "hit_rate_at_10", "recall_at_10"):
+                out[f"{kind}.{name}{key}"] = float(summary[key])
     meta = ts.queries.set_index(pd.RangeIndex(len(ts.queries)))
     customer_type = pd.Series(
         np.where(meta["is_new_customer"], "new", "repeat"), index=meta.index, name="customer_type"
@@ -150,17 +182,15 @@ def evaluate_task(
             m.sliced(per_q, segment.loc[per_q.index]).assign(slice="segment"),
         ]
     )
-    return TaskEvaluation(out, per_segment, ts.candidate_recall(), best_name)
-
-
-def _top_rows(q: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
-    return rank_within(q, score.astype(np.float64)) <= k
+    return TaskEvaluation(out, per_segment, ts.candidate_recall(), best_name, has_ranker)
 
 
 def holdout_sets(
     model: XsellModel, shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, seed: int
 ) -> dict[str, TaskSet]:
     """The holdout task sets of a model: queries in ``[start, end)`` against its snapshot.
+
+    Tasks without a labelled holdout query are left out (the caller reports them).
 
     Raises:
         ValueError: The model's snapshot is later than ``start`` (it would see the holdout).
@@ -170,27 +200,41 @@ def holdout_sets(
             f"the model's data ends {model.snapshot.as_of_timestamp}, after the holdout start {start}"
         )
     sets = {}
-    for task in model.boosters:
-        sets[task] = build_task_set(
-            shop,
-            task=task,
-            start=pd.Timestamp(start),
-            end=pd.Timestamp(end),
-            config=model.snapshot.config,
-            step_days=max(int((pd.Timestamp(end) - pd.Timestamp(start)).days) + 1, 1),
-            max_queries_per_cutoff=None,
-            seed=seed,
-            snapshots={pd.Timestamp(start): model.snapshot},
-        )
+    for task in model.tasks:
+        try:
+            sets[task.name] = build_task_set(
+                shop,
+                task=task.name,
+                start=pd.Timestamp(start),
+                end=pd.Timestamp(end),
+                config=model.snapshot.config,
+                step_days=max(int((pd.Timestamp(end) - pd.Timestamp(start)).days) + 1, 1),
+                max_queries_per_cutoff=None,
+                seed=seed,
+                snapshots={pd.Timestamp(start): model.snapshot},
+            )
+        except ValueError as exc:
+            if "no labelled queries" not in str(exc):
+                raise
     return sets
 
 
 def evaluate_model(
     model: XsellModel, sets: dict[str, TaskSet], *, primary: str = "ndcg_at_10"
 ) -> dict[str, TaskEvaluation]:
-    """Score each holdout task set with the model's rankers and evaluate."""
+    """Score each holdout task set with the model's rankers (where it has one) and evaluate."""
     out = {}
     for task, ts in sets.items():
-        score = model.boosters[task].predict(ts.X, num_threads=2) if len(ts) else np.zeros(0)
+        score = model.ranker_score(ts.X, task, num_threads=2) if task in model.boosters else None
         out[task] = evaluate_task(ts, score, model.snapshot, primary=primary)
     return out
+
+
+def served_metrics(
+    model: XsellModel, evals: dict[str, TaskEvaluation], *, primary: str
+) -> dict[str, float]:
+    """``<task>.served.<primary>``: the primary metric of each task's served policy."""
+    return {
+        f"{task}.served.{primary}": ev.value(model.policy(task), primary)
+        for task, ev in evals.items()
+    }

@@ -169,6 +169,7 @@ def promotion_decision(
     *,
     primary_metrics: Sequence[str],
     margin: float = 0.0,
+    ties_pass: bool = False,
 ) -> PromotionDecision:
     """Decide whether ``challenger`` should become champion (all metrics: higher is better).
 
@@ -184,6 +185,7 @@ def promotion_decision(
             no champion.
         primary_metrics: Names that must all improve.
         margin: Relative improvement required (>= 0).
+        ties_pass: Reaching the threshold is enough ("at least as good": a tie passes).
 
     Returns:
         The decision, its reason and one :class:`MetricComparison` per primary metric.
@@ -211,16 +213,18 @@ def promotion_decision(
             passed = False
             failures.append(f"champion has no finite {metric}")
         else:
-            passed = new > threshold
+            passed = new >= threshold - 1e-12 if ties_pass else new > threshold
             if not passed:
-                failures.append(f"{metric} {new:.6g} <= {threshold:.6g} (champion {old:.6g})")
+                sign = "<" if ties_pass else "<="
+                failures.append(f"{metric} {new:.6g} {sign} {threshold:.6g} (champion {old:.6g})")
         comparisons.append(MetricComparison(metric, new, old, threshold, passed))
 
     if failures:
         return PromotionDecision(False, "not promoted: " + "; ".join(failures), tuple(comparisons))
     if champion is None:
         return PromotionDecision(True, "no champion yet", tuple(comparisons))
-    wins = ", ".join(f"{c.metric} {c.challenger:.6g} > {c.threshold:.6g}" for c in comparisons)
+    sign = ">=" if ties_pass else ">"
+    wins = ", ".join(f"{c.metric} {c.challenger:.6g} {sign} {c.threshold:.6g}" for c in comparisons)
     return PromotionDecision(
         True, f"beats champion (margin {margin:g}): {wins}", tuple(comparisons)
     )
@@ -517,6 +521,14 @@ class Tracker:
         import mlflow
 
         return int(mlflow.register_model(model_uri, name).version)
+
+    def describe_version(
+        self, name: str, version: int, description: str, tags: Mapping[str, Any] | None = None
+    ) -> None:
+        """Set a model version's description and tags (shown in the MLflow registry UI)."""
+        self.client.update_model_version(name, str(version), description=description)
+        for key, value in (tags or {}).items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``name@alias`` at ``version`` (moving it off any other version)."""

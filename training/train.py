@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -22,10 +23,19 @@ from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
 from features.pipeline import TaskSet, build_task_set
+from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
 from features.snapshot import FeatureSnapshot, build_snapshot
+from features.tasks import all_tasks
 from training.config import TrainConfig
-from training.evaluate import KS, TaskEvaluation, evaluate_model, holdout_sets
-from training.model import XsellModel, XsellPyfunc, load_model
+from training.evaluate import (
+    KS,
+    TaskEvaluation,
+    choose_policy,
+    evaluate_model,
+    holdout_sets,
+    served_metrics,
+)
+from training.model import XsellPyfunc, load_model
 from training.ranker import fit_ranker
 from training.tracking import CHALLENGER, CHAMPION, Tracker, promotion_decision
 
@@ -52,6 +62,7 @@ class TrainResult:
     run_id: str
     version: int
     evaluations: dict[str, TaskEvaluation]
+    policies: dict[str, str]
     champion_metrics: dict[str, float] | None
     promoted: bool
     reason: str
@@ -108,8 +119,8 @@ def _flat(evals: dict[str, TaskEvaluation]) -> dict[str, float]:
     return {f"{task}.{k}": v for task, ev in evals.items() for k, v in ev.metrics.items()}
 
 
-def _importance_figure(model: XsellModel):
-    fig = Figure(figsize=(12, 7))
+def _importance_figure(model: XsellModel) -> Figure:
+    fig = Figure(figsize=(6 * len(model.boosters), 7))
     axes = fig.subplots(1, len(model.boosters))
     for ax, (task, booster) in zip(np.atleast_1d(axes), model.boosters.items(), strict=True):
         gain = booster.feature_importance("gain")
@@ -121,11 +132,11 @@ def _importance_figure(model: XsellModel):
     return fig
 
 
-def _metric_vs_k_figure(evals: dict[str, TaskEvaluation]):
-    fig = Figure(figsize=(11, 4))
+def _metric_vs_k_figure(evals: dict[str, TaskEvaluation]) -> Figure:
+    fig = Figure(figsize=(5 * len(evals), 4))
     axes = fig.subplots(1, len(evals))
     for ax, (task, ev) in zip(np.atleast_1d(axes), evals.items(), strict=True):
-        ax.plot(KS, [ev.metrics[f"ndcg_at_{k}"] for k in KS], marker="o", label="model")
+        ax.plot(KS, [ev.metrics[f"ndcg_at_{k}"] for k in KS], marker="o", label="ranker")
         best = ev.best_baseline
         ax.plot(
             KS,
@@ -173,6 +184,119 @@ def fit_and_validation_sets(
     return sets
 
 
+def _task_sets(
+    shop: Shop,
+    *,
+    config: TrainConfig,
+    split: Split,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot],
+    say: Callable[[str], None],
+) -> dict[str, dict[str, TaskSet]]:
+    """Fit and validation sets of every task that has labelled queries in both windows."""
+    out = {}
+    for task in all_tasks():
+        try:
+            out[task.name] = fit_and_validation_sets(
+                shop, task=task.name, config=config, split=split, snapshots=snapshots, progress=say
+            )
+        except ValueError as exc:
+            if "no labelled queries" not in str(exc):
+                raise
+            say(f"{task.name}: no ranker ({exc}); the task is served by its best baseline")
+    return out
+
+
+def _fit_rankers(
+    sets: dict[str, dict[str, TaskSet]],
+    *,
+    config: TrainConfig,
+    snapshot: FeatureSnapshot,
+    tracker: Tracker,
+    say: Callable[[str], None],
+) -> dict[str, lgb.Booster]:
+    boosters = {}
+    for task, pair in sets.items():
+        say(f"{task}: fitting the ranker on {len(pair['fit']):,d} rows")
+        try:
+            boosters[task] = fit_ranker(
+                pair["fit"],
+                pair["validation"],
+                categorical=list(categorical_features(snapshot)),
+                config=config.ranker,
+                seed=config.seed,
+            )
+        except ValueError as exc:  # no query with both a positive and a negative candidate
+            say(f"{task}: no ranker ({exc}); the task is served by its best baseline")
+            continue
+        tracker.log_metrics(
+            {
+                f"{task}.best_iteration": float(boosters[task].best_iteration),
+                f"{task}.fit_rows": float(len(pair["fit"])),
+                f"{task}.fit_queries": float(len(pair["fit"].queries)),
+            }
+        )
+    return boosters
+
+
+def _policies(
+    model: XsellModel, evals: dict[str, TaskEvaluation], cfg: TrainConfig
+) -> dict[str, str]:
+    """The served policy per task: the ranker only where it beats the best baseline."""
+    out = {}
+    for task in all_tasks():
+        if task.name in evals:
+            out[task.name] = choose_policy(
+                evals[task.name], primary=cfg.primary_metric, margin=cfg.promotion_margin
+            )
+        else:  # no holdout query: nothing shows the ranker is better than the plain heuristic
+            out[task.name] = f"{BASELINE_PREFIX}{task.baselines[0].name}"
+    return out
+
+
+def _champion_served(
+    tracker: Tracker, cfg: TrainConfig, shop: Shop, split: Split, say: Callable[[str], None]
+) -> tuple[dict[str, float] | None, str]:
+    """The champion's served metrics on this run's holdout (None without a champion)."""
+    current = tracker.get_version_by_alias(cfg.model_name, CHAMPION)
+    if current is None:
+        return None, ""
+    say(f"evaluating the champion (version {current.version}) on the same holdout")
+    try:
+        champ = load_model(f"models:/{cfg.model_name}/{int(current.version)}")
+    except ModelLoadError as exc:
+        if "format" in str(exc):  # this code cannot serve it anyway
+            return {}, f" (champion version {current.version} has an old format: {exc})"
+        return {}, f" (champion not loadable: {exc})"
+    try:
+        champ_sets = holdout_sets(
+            champ, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
+        )
+        evals = evaluate_model(champ, champ_sets, primary=cfg.primary_metric)
+    except (ValueError, KeyError, IndexError) as exc:
+        return {}, f" (champion not comparable on this holdout: {exc})"
+    return served_metrics(champ, evals, primary=cfg.primary_metric), ""
+
+
+def version_description(
+    model: XsellModel, evals: dict[str, TaskEvaluation], decision_reason: str, cfg: TrainConfig
+) -> str:
+    """The registered version's description: data range, served policies, headline metrics."""
+    key = cfg.primary_metric
+    lines = [
+        f"data {model.meta.get('data_range')}; trained until {model.meta.get('train_until')}",
+    ]
+    for task, ev in evals.items():
+        policy = model.policy(task)
+        best = ev.best_baseline
+        lines.append(
+            f"{task}: served by {policy}; ranker {key} {ev.value(RANKER, key):.4f}, "
+            f"best baseline {best} {ev.metrics[f'baseline_{best}.{key}']:.4f}, "
+            f"candidate recall {ev.metrics['candidate_recall']:.3f}"
+        )
+    lines.append(f"promotion: {decision_reason}")
+    return "\n".join(lines)
+
+
 def train(
     data: str | Path,
     *,
@@ -208,6 +332,7 @@ def train(
         "rows.products": len(shop.products),
         "rows.purchases": len(shop.purchases),
         "rows.events": 0 if shop.events is None else len(shop.events),
+        "consumables": "labelled" if shop.consumable_labelled else "inferred",
         "data_range": f"{first} .. {last}",
         "train_range": f"{split.fit_start} .. {split.train_until}",
         "test_range": f"{split.train_until} .. {split.test_end}",
@@ -217,35 +342,19 @@ def train(
         tracker.log_params({"train_until": str(split.train_until)})
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         snapshots: dict[pd.Timestamp, FeatureSnapshot] = {}
-        boosters = {}
-        fit_sets: dict[str, TaskSet] = {}
-        for task in s.TASKS:
-            sets = fit_and_validation_sets(
-                shop, task=task, config=cfg, split=split, snapshots=snapshots, progress=say
-            )
-            any_snap = next(iter(snapshots.values()))
-            say(f"{task}: fitting the ranker on {len(sets['fit']):,d} rows")
-            boosters[task] = fit_ranker(
-                sets["fit"],
-                sets["validation"],
-                categorical=list(categorical_features(any_snap)),
-                config=cfg.ranker,
-                seed=cfg.seed,
-            )
-            fit_sets[task] = sets["fit"]
-            tracker.log_metrics(
-                {
-                    f"{task}.best_iteration": float(boosters[task].best_iteration),
-                    f"{task}.fit_rows": float(len(sets["fit"])),
-                    f"{task}.fit_queries": float(len(sets["fit"].queries)),
-                }
-            )
+        sets = _task_sets(shop, config=cfg, split=split, snapshots=snapshots, say=say)
+        if not snapshots:
+            raise ValueError("no task has labelled queries in the training window")
+        any_snap = next(iter(snapshots.values()))
+        boosters = _fit_rankers(sets, config=cfg, snapshot=any_snap, tracker=tracker, say=say)
+        fit_sets = {task: pair["fit"] for task, pair in sets.items()}
         snapshots.clear()
         say(f"building the serving snapshot at {split.train_until}")
         final_snapshot = build_snapshot(shop, as_of=split.train_until, config=cfg.features)
         model = XsellModel(
             snapshot=final_snapshot,
             boosters=boosters,
+            policies={task.name: RANKER for task in all_tasks()},
             meta={
                 "train_until": str(split.train_until),
                 "data_range": tags["data_range"],
@@ -257,8 +366,11 @@ def train(
             model, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
         )
         evals = evaluate_model(model, holdout, primary=cfg.primary_metric)
+        model.policies = _policies(model, evals, cfg)
         flat = _flat(evals)
-        tracker.log_metrics(flat)
+        served = served_metrics(model, evals, primary=cfg.primary_metric)
+        tracker.log_metrics({**flat, **served})
+        tracker.set_tags({f"policy.{task}": policy for task, policy in model.policies.items()})
         for task, ev in evals.items():
             tracker.log_table_csv(ev.per_segment.reset_index(), f"{task}/per_segment.csv")
             recall = pd.DataFrame(
@@ -269,15 +381,17 @@ def train(
                 {f"{task}.candidate_recall.{k}": v for k, v in ev.candidate_recall.items()}
             )
             tracker.set_tags({f"{task}.best_baseline": ev.best_baseline})
-        tracker.log_figure(_importance_figure(model), "feature_importance.png")
+        if model.boosters:
+            tracker.log_figure(_importance_figure(model), "feature_importance.png")
         tracker.log_figure(_metric_vs_k_figure(evals), "metric_vs_k.png")
-        sample = fit_sets[s.CROSS_SELL]
+        sample = next(iter(fit_sets.values()))
         tracker.log_input(
             pd.DataFrame(sample.X[:2000], columns=sample.columns),
-            name="cross_sell_fit_features",
+            name=f"{sample.task}_fit_features",
             context="training",
         )
         model.meta["metrics"] = {k: v for k, v in flat.items() if k.endswith(cfg.primary_metric)}
+        model.meta["served_metrics"] = served
         model.meta["run_id"] = tracker.run_id
         input_example = _input_example(model, holdout)
         with tempfile.TemporaryDirectory() as tmp:
@@ -291,39 +405,33 @@ def train(
                 output_example,
                 pip_requirements=PIP_REQUIREMENTS,
             )
-        # champion on the same holdout
-        champion_metrics = None
-        current = tracker.get_version_by_alias(cfg.model_name, CHAMPION)
-        primary = [f"{t}.{cfg.primary_metric}" for t in s.TASKS]
-        reason_extra = ""
-        if current is not None:
-            say(f"evaluating the champion (version {current.version}) on the same holdout")
-            try:
-                champ = load_model(f"models:/{cfg.model_name}/{int(current.version)}")
-                champ_sets = holdout_sets(
-                    champ, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
-                )
-                champion_metrics = _flat(evaluate_model(champ, champ_sets))
-            except (ValueError, KeyError, IndexError) as exc:
-                champion_metrics = {}
-                reason_extra = f" (champion not comparable on this holdout: {exc})"
+        # the champion's served policies on the same holdout, task by task
+        champion_metrics, reason_extra = _champion_served(tracker, cfg, shop, split, say)
+        if champion_metrics == {} and "old format" in reason_extra:
+            champion_metrics = None  # an unservable champion is replaced
+        primary = [k for k in served if champion_metrics is None or k in champion_metrics]
         decision = promotion_decision(
-            {k: flat[k] for k in primary},
+            {k: served[k] for k in primary},
             None
             if champion_metrics is None
             else {k: champion_metrics.get(k, np.nan) for k in primary},
-            primary_metrics=primary,
-            margin=cfg.promotion_margin,
+            primary_metrics=primary or list(served),
+            margin=0.0,
+            ties_pass=True,
         )
         tracker.log_dict(decision.to_dict(), "promotion.json")
         if champion_metrics:
-            tracker.log_metrics(
-                {f"champion.{k}": champion_metrics[k] for k in primary if k in champion_metrics}
-            )
+            tracker.log_metrics({f"champion.{k}": v for k, v in champion_metrics.items()})
         tracker.set_tags({"promotion": "promoted" if decision.promote else "not promoted"})
         run_id = tracker.run_id
         # the last step of the run: a failure before this registers nothing
         version = tracker.register(uri, name=cfg.model_name)
+        tracker.describe_version(
+            cfg.model_name,
+            version,
+            version_description(model, evals, decision.reason + reason_extra, cfg),
+            {f"policy.{task}": policy for task, policy in model.policies.items()},
+        )
     # aliases only after the run finished successfully
     tracker.set_alias(cfg.model_name, CHALLENGER, version)
     if decision.promote:
@@ -332,6 +440,7 @@ def train(
         run_id=run_id,
         version=version,
         evaluations=evals,
+        policies=dict(model.policies),
         champion_metrics=champion_metrics,
         promoted=decision.promote,
         reason=decision.reason + reason_extra,
@@ -341,9 +450,7 @@ def train(
 
 def _input_example(model: XsellModel, holdout: dict[str, TaskSet]) -> pd.DataFrame:
     """A few real holdout queries in ``xsell recommend``'s input format."""
-    rows = holdout[s.UPSELL].queries.head(2) if s.UPSELL in holdout else pd.DataFrame()
-    cs = holdout[s.CROSS_SELL].queries.head(2)
-    ex = pd.concat([cs, rows], ignore_index=True)
+    ex = pd.concat([ts.queries.head(2) for ts in holdout.values()], ignore_index=True)
     return pd.DataFrame(
         {
             "query_id": ex["query_id"].astype(str),
@@ -351,7 +458,7 @@ def _input_example(model: XsellModel, holdout: dict[str, TaskSet]) -> pd.DataFra
             "placement": ex["placement"].astype(str),
             "anchor_product_id": ex["anchor_product_id"].astype(object),
             "cart_product_ids": [
-                [str(model.snapshot.product_ids[int(model.snapshot.arrays["global_top"][0])])]
+                [str(model.snapshot.product_ids[int(model.snapshot.top.global_top[0])])]
                 for _ in range(len(ex))
             ],
             "as_of": model.snapshot.as_of_timestamp,

@@ -1,0 +1,30 @@
+"""``python -m serving --model URI --host H --port P --workers N``: what ``xsell serve`` runs.
+
+The CLI (in ``training/``) starts this in a child process, so training never imports serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from serving.service import serve
+
+
+def main() -> None:
+    """Parse the flags and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--model", default=None, help="model URI or folder")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    try:
+        serve(model=args.model, host=args.host, port=args.port, workers=args.workers)
+    except ValueError as exc:  # a model that cannot be loaded: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
