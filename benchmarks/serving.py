@@ -66,7 +66,7 @@ class Result:
 def trained_model(customers: int, work: Path, seed: int) -> Path:
     """A model folder for a synthetic shop of ``customers`` (cached under ``work``)."""
     from features.data.synthetic import generate_shop
-    from serving.service import export_model
+    from training.model import export_model
     from training.tracking import tracking_uri
     from training.train import train
 
@@ -96,7 +96,7 @@ def request_mix(model_dir: Path, n: int, seed: int) -> list[dict[str, Any]]:
 
     snap = FeatureSnapshot.load(model_dir / "snapshot")
     rng = np.random.default_rng(seed)
-    pop = snap.arrays[f"pop_{max(snap.config.popularity_windows_days)}"] + 1e-4
+    pop = snap.products.long_popularity + 1e-4
     pop = pop / pop.sum()
     placements = list(PLACEMENT_MIX)
     weights = np.asarray(list(PLACEMENT_MIX.values()))
@@ -274,7 +274,8 @@ def run_load(
 
 def profile_requests(model_dir: Path, bodies: list[dict[str, Any]], top: int) -> None:
     """cProfile of ``XsellModel.recommend_one`` on the request mix, in this process."""
-    from serving.service import RecommendRequest, load_serving_model
+    from serving.service import RecommendRequest
+    from training.model import load_serving_model
 
     model, _ = load_serving_model(str(model_dir))
     requests = [RecommendRequest.model_validate(b) for b in bodies]
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         if Path(model).is_dir():
             model_dir = Path(model).resolve()
         else:
-            from serving.service import export_model
+            from training.model import export_model
 
             model_dir, _ = export_model(model, home / "model")
         bodies = request_mix(model_dir, args.requests, args.seed)
