@@ -32,16 +32,12 @@ from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.data.synthetic import generate_shop
 from features.pipeline import TaskSet
+from features.recommend import OUTPUT_COLUMNS, placement_defaults
+from features.tasks import get_task, task_names
 from training import cli
 from training.config import RankerConfig, SplitConfig, TrainConfig
-from training.evaluate import BASELINES, KS
-from training.model import (
-    OUTPUT_COLUMNS,
-    PLACEMENT_TASKS,
-    ModelLoadError,
-    XsellModel,
-    load_model,
-)
+from training.evaluate import KS
+from training.model import ModelLoadError, XsellModel, load_model
 from training.ranker import fit_ranker, query_groups, trainable_rows
 from training.recommend import read_queries
 from training.tracking import CHALLENGER, CHAMPION, Tracker, tracking_uri
@@ -226,7 +222,7 @@ def queries(model: XsellModel, trained: Trained) -> pd.DataFrame:
     """Known and unknown customers, every placement, with and without anchor and cart."""
     snap = model.snapshot
     known = [str(c) for c in snap.customer_ids[:3]]
-    top = [str(snap.product_ids[int(p)]) for p in snap.arrays["global_top"][:3]]
+    top = [str(snap.product_ids[int(p)]) for p in snap.top.global_top[:3]]
     anchor = _anchor_with_upsell(model, trained.fits)
     rows = []
     for customer in [*known, UNKNOWN_CUSTOMER]:
@@ -261,7 +257,7 @@ def _check_recommendations(out: pd.DataFrame, queries: pd.DataFrame) -> None:
     q = queries.set_index(QUERY_ID)
     for (qid, task), rows in out.groupby([QUERY_ID, "task"]):
         query = q.loc[qid]
-        assert task in PLACEMENT_TASKS[query[PLACEMENT]]
+        assert task in placement_defaults(query[PLACEMENT])
         if task == s.UPSELL:
             assert query[PLACEMENT] == "product_page"
             assert isinstance(query[ANCHOR], str)
@@ -399,7 +395,8 @@ def test_reload_gives_identical_scores_and_recommendations(
     model: XsellModel, model_dir: Path, trained: Trained, queries: pd.DataFrame
 ) -> None:
     reloaded = XsellModel.load(model_dir)
-    assert sorted(reloaded.boosters) == sorted(s.TASKS)
+    assert sorted(reloaded.boosters) == sorted(model.boosters)
+    assert reloaded.policies == model.policies
     for task, call in trained.fits.items():
         assert reloaded.columns(task) == call.fit.columns
         np.testing.assert_array_equal(
@@ -408,7 +405,8 @@ def test_reload_gives_identical_scores_and_recommendations(
         )
     pd.testing.assert_frame_equal(reloaded.recommend(queries), model.recommend(queries))
     meta = json.loads((model_dir / "meta.json").read_text())
-    assert meta["tasks"] == sorted(s.TASKS)
+    assert meta["tasks"] == list(task_names())
+    assert meta["policies"] == model.policies
     assert meta["feature_columns"][s.CROSS_SELL] == model.columns(s.CROSS_SELL)
 
 
@@ -430,9 +428,21 @@ def test_reload_gives_identical_scores_and_recommendations(
         ),
         pytest.param(lambda d: (d / "meta.json").write_text("[1]"), "JSON object", id="list"),
         pytest.param(
-            lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 1})),
-            "no tasks",
+            lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 2})),
+            "no rankers or policies",
             id="no-tasks",
+        ),
+        pytest.param(
+            lambda d: (d / "meta.json").write_text(
+                json.dumps(
+                    {
+                        **json.loads((d / "meta.json").read_text()),
+                        "policies": {s.UPSELL: "baseline:no-such-heuristic"},
+                    }
+                )
+            ),
+            "no baseline",
+            id="unknown-policy",
         ),
         pytest.param(lambda d: shutil.rmtree(d / "snapshot"), "snapshot", id="no-snapshot"),
     ],
@@ -507,7 +517,7 @@ def test_first_run_logs_metrics_tags_params_and_artifacts(trained: Trained, tmp_
     top = files()
     expected = {"feature_importance.png", "metric_vs_k.png", "promotion.json", "config.json"}
     assert expected <= top
-    for task in s.TASKS:
+    for task in task_names():
         assert task in top
         assert files(task) == {f"{task}/per_segment.csv", f"{task}/candidate_recall.csv"}
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
@@ -538,12 +548,14 @@ def test_weak_challenger_is_registered_but_not_promoted(
     # the champion was re-evaluated on the same holdout: it reproduces its own metrics
     assert weak.champion_metrics is not None
     for task, ev in trained.result.evaluations.items():
-        key = f"{task}.{FAST.primary_metric}"
-        assert weak.champion_metrics[key] == pytest.approx(ev.metrics[FAST.primary_metric])
+        key = f"{task}.served.{FAST.primary_metric}"
+        served = ev.value(trained.result.policies[task], FAST.primary_metric)
+        assert weak.champion_metrics[key] == pytest.approx(served)
     run = trained.client().get_run(weak.run_id)
     assert run.data.tags["promotion"] == "not promoted"
-    assert run.data.metrics["champion.cross_sell.ndcg_at_10"] == pytest.approx(
-        trained.result.evaluations[s.CROSS_SELL].metrics["ndcg_at_10"]
+    cs = trained.result.evaluations[s.CROSS_SELL]
+    assert run.data.metrics["champion.cross_sell.served.ndcg_at_10"] == pytest.approx(
+        cs.value(trained.result.policies[s.CROSS_SELL], "ndcg_at_10")
     )
 
 
@@ -563,17 +575,20 @@ def test_failed_run_is_failed_and_changes_nothing(
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", s.TASKS)
+@pytest.mark.parametrize("task", task_names())
 def test_every_baseline_is_evaluated_with_metrics_in_unit_range(
     trained: Trained, task: str
 ) -> None:
     ev = trained.result.evaluations[task]
     fit = trained.fits[task].fit
-    names = {*BASELINES[task], *(f"source_{src}" for src in fit.sources)}
-    if task == s.CROSS_SELL:
-        assert {"popular", "segment_popular", "cooc_lift"} <= names
-    else:
-        assert {"popular", "segment_popular", "popular_pricier"} <= names
+    names = {b.name for b in get_task(task).all_baselines()}
+    assert {f"source_{src}" for src in fit.sources} <= names
+    expected = {
+        s.CROSS_SELL: {"popular", "segment_popular", "cooc_lift", "cooc_conf"},
+        s.UPSELL: {"popular", "segment_popular", "popular_pricier"},
+        s.REPLENISH: {"personal_frequency", "frequency_recency"},
+    }
+    assert expected[task] <= names
     assert any(n.startswith("source_") for n in names)
     assert ev.best_baseline in names
     for name in names:
@@ -741,7 +756,7 @@ def test_recommend_one_known_customer_no_fallback_and_cart_excluded(
 ) -> None:
     snap = model.snapshot
     customer = str(snap.customer_ids[0])
-    cart = [str(snap.product_ids[int(p)]) for p in snap.arrays["global_top"][:2]]
+    cart = [str(snap.product_ids[int(p)]) for p in snap.top.global_top[:2]]
     anchor = _anchor_with_upsell(model, trained.fits)
     got = model.recommend_one(
         customer_id=customer,
