@@ -547,18 +547,18 @@ def product_stats(
     short_pop = popularity[min(popularity)]
     eps = 1.0 / max(int(pos.sum()), 1)
     cat_n = np.bincount(category, minlength=n_cat)[category]
-    per_cp = _per_product_orders(lines).groupby(["c", "p"], sort=False)
-    n_orders = per_cp.size()
-    buyers = np.bincount(n_orders.index.get_level_values("p"), minlength=n_p)
-    repeaters = np.bincount(
-        n_orders.index.get_level_values("p")[n_orders.to_numpy() > 1], minlength=n_p
+    per_cp = _per_product_orders(lines).groupby(["c", "p"], sort=False)["d"].agg(
+        ["size", "min", "max"]
     )
-    span = per_cp["d"].agg(lambda d: d.max() - d.min())
-    interval = (span / (n_orders - 1).where(n_orders > 1)).dropna()
-    interval = interval.loc[interval > 0]
-    cycle = interval.groupby(level="p").median()
+    p_of_cp = per_cp.index.get_level_values("p").to_numpy()
+    n_orders = per_cp["size"].to_numpy()
+    buyers = np.bincount(p_of_cp, minlength=n_p)
+    repeaters = np.bincount(p_of_cp[n_orders > 1], minlength=n_p)
+    span = (per_cp["max"] - per_cp["min"]).to_numpy()
+    repeat = (n_orders > 1) & (span > 0)
+    interval = pd.Series(span[repeat] / (n_orders[repeat] - 1)).groupby(p_of_cp[repeat]).median()
     cycle_days = np.full(n_p, np.nan)
-    cycle_days[cycle.index.to_numpy()] = cycle.to_numpy()
+    cycle_days[interval.index.to_numpy()] = interval.to_numpy()
     sums = np.bincount(lines.product[pos], weights=lines.price_pct[pos], minlength=n_p)
     cnt = np.bincount(lines.product[pos], minlength=n_p)
     paid_pct = np.where(cnt > 0, sums / np.maximum(cnt, 1), np.nan)
