@@ -51,7 +51,7 @@ class TrainConfig(BaseModel):
     ranker: RankerConfig = RankerConfig()
     split: SplitConfig = SplitConfig()
     primary_metric: str = "ndcg_at_10"
-    promotion_margin: float = Field(0.0, ge=0)
+    promotion_margin: float = Field(0.02, ge=0)
     model_name: str = "xsell-ranker"
 
     @classmethod
