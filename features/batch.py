@@ -7,7 +7,9 @@ of many queries into a :class:`QueryBatch`; serving builds a one-query batch wit
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -146,7 +148,7 @@ def _resolve_context(
     if isinstance(anchor, str):
         items.append(anchor)
     if cart is not None and not (isinstance(cart, float) and np.isnan(cart)):
-        items.extend(str(x) for x in cart)
+        items.extend(str(x) for x in cast("Iterable[object]", cart))
     known: list[int] = []
     bad: list[str] = []
     seen: set[int] = set()

@@ -73,14 +73,31 @@ def eligible(
 
 
 def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidates:
-    """Run every source, filter eligibility, keep each source's top ``per_source`` and merge.
+    """Run every source of the batch's task and merge them (:func:`merge_candidates`) with the
+    configured ``per_source`` and the task's budget (``FeatureConfig.<task>_candidates``)."""
+    cfg = snapshot.config
+    return merge_candidates(
+        batch,
+        snapshot,
+        candidate_sets(batch, snapshot),
+        per_source=cfg.per_source,
+        budget=cfg.candidates_for(batch.task),
+    )
 
-    The merged list per query keeps at most the task's candidate budget
-    (``FeatureConfig.<task>_candidates``), by best rank in any source, then number of sources,
+
+def merge_candidates(
+    batch: QueryBatch,
+    snapshot: FeatureSnapshot,
+    sets: list[CandidateSet],
+    *,
+    per_source: int,
+    budget: int,
+) -> Candidates:
+    """Filter eligibility, keep each source's top ``per_source``, merge, keep ``budget`` per query.
+
+    The merged list per query is ordered by best rank in any source, then number of sources,
     then product position.
     """
-    cfg = snapshot.config
-    sets = candidate_sets(batch, snapshot)
     sources = tuple(cs.source for cs in sets)
     q = np.concatenate([cs.query for cs in sets]) if sets else np.zeros(0, dtype=np.int64)
     p = np.concatenate([cs.product for cs in sets]) if sets else np.zeros(0, dtype=np.int64)
@@ -89,7 +106,7 @@ def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidat
     ok = eligible(batch, snapshot, q, p)
     q, p, v, k = q[ok], p[ok], v[ok], k[ok]
     r = rank_within(k * len(batch) + q, v)
-    top = r <= cfg.per_source
+    top = r <= per_source
     q, p, v, r, k = q[top], p[top], v[top], r[top], k[top]
     key = q * snapshot.n_products + p
     uniq, inv = np.unique(key, return_inverse=True)
@@ -104,7 +121,7 @@ def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidat
     order = np.lexsort((up, -n_src, best, uq))
     uq, up, scores, ranks = uq[order], up[order], scores[order], ranks[order]
     pos = rank_within(uq, -np.arange(len(uq), dtype=np.float64))
-    keep = pos <= cfg.candidates_for(batch.task)
+    keep = pos <= budget
     return Candidates(uq[keep], up[keep], scores[keep], ranks[keep], sources)
 
 

@@ -45,6 +45,10 @@ class FeatureConfig(BaseModel):
             as a repeat buyer when consumability is inferred (unlabelled shops).
         consumable_prior: Pseudo-count shrinking a product's repeat rate toward its category's.
         consumable_threshold: Inferred consumable when the shrunk repeat rate is at least this.
+        latent_dims: Dimensions of the item and customer vectors (truncated SVD).
+        latent_min_buyers: Products with fewer distinct buyers are never latent candidates.
+        neighbour_pool: The most active customers searched for a customer's neighbours.
+        neighbours: Nearest customers whose purchases the ``neighbours`` source sums.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -73,6 +77,10 @@ class FeatureConfig(BaseModel):
     consumable_horizon_days: float = Field(consumables.DEFAULT_HORIZON_DAYS, gt=0)
     consumable_prior: float = Field(consumables.DEFAULT_PRIOR_STRENGTH, ge=0)
     consumable_threshold: float = Field(consumables.DEFAULT_THRESHOLD, gt=0, le=1)
+    latent_dims: int = Field(32, ge=2)
+    latent_min_buyers: int = Field(3, ge=1)
+    neighbour_pool: int = Field(20_000, ge=1)
+    neighbours: int = Field(20, ge=1)
 
     def candidates_for(self, task: str) -> int:
         """Candidates kept per query of ``task`` (the ``<task>_candidates`` field)."""

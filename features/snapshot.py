@@ -15,6 +15,7 @@ The snapshot is made of named, typed parts, each built by its own function from 
 * :class:`BrowsingTables` — customer x product views and carts (empty without events).
 * :class:`PairTables` — item x item co-occurrence, sequences, category association, upsell pairs.
 * :class:`TopLists` — global, trending and per-segment popular products.
+* :class:`features.latent.LatentFactors` — item and customer vectors (truncated SVD).
 
 Arrays are indexed by product position (``product_index``) or customer position
 (``customer_index``); days are float days since 1970-01-01. Sparse tables are
@@ -40,6 +41,7 @@ from features.cooccurrence import cooccurrence, sequential_lift, sessions, viewe
 from features.data import schema as s
 from features.data.consumables import infer_consumable, repurchase_rates
 from features.data.io import Shop
+from features.latent import LatentFactors, latent_factors
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +228,7 @@ class TopLists:
 
 
 PART_TYPES: dict[str, type] = {
+    "latent": LatentFactors,
     "products": ProductStats,
     "customers": CustomerStats,
     "history": CustomerTables,
@@ -246,7 +249,7 @@ class FeatureSnapshot:
         category_levels, family_levels, segment_levels: Names of the codes.
         segment_column: The persona column behind ``segment`` (None: one segment "all").
         persona_levels: Persona column -> levels (None for numeric columns).
-        products, customers, history, browsing, pairs, top: The typed parts.
+        products, customers, history, browsing, pairs, top, latent: The typed parts.
     """
 
     PARTS: ClassVar[tuple[str, ...]] = tuple(PART_TYPES)
@@ -266,6 +269,7 @@ class FeatureSnapshot:
     browsing: BrowsingTables
     pairs: PairTables
     top: TopLists
+    latent: LatentFactors
     product_index: dict[str, int] = field(default_factory=dict)
     customer_index: dict[str, int] = field(default_factory=dict)
 
@@ -340,7 +344,7 @@ class FeatureSnapshot:
                     arrays[f"{name}.shape"] = np.asarray(value.matrix.shape, dtype=np.int64)
                 else:
                     arrays[name] = value
-        np.savez(folder / "parts.npz", **arrays)
+        np.savez(folder / "parts.npz", **arrays)  # type: ignore[arg-type]
         meta = {
             "version": SNAPSHOT_VERSION,
             "as_of": self.as_of,
@@ -547,8 +551,8 @@ def product_stats(
     short_pop = popularity[min(popularity)]
     eps = 1.0 / max(int(pos.sum()), 1)
     cat_n = np.bincount(category, minlength=n_cat)[category]
-    per_cp = _per_product_orders(lines).groupby(["c", "p"], sort=False)["d"].agg(
-        ["size", "min", "max"]
+    per_cp = (
+        _per_product_orders(lines).groupby(["c", "p"], sort=False)["d"].agg(["size", "min", "max"])
     )
     p_of_cp = per_cp.index.get_level_values("p").to_numpy()
     n_orders = per_cp["size"].to_numpy()
@@ -853,6 +857,7 @@ def build_snapshot(
     seg_col = _segment_column(shop, cfg)
     customers, segment_levels, persona_levels = customer_stats(shop, catalog, lines, seg_col)
     events = event_lines(shop, catalog, as_of=as_of, config=cfg)
+    history = customer_tables(catalog, lines, cfg)
     return FeatureSnapshot(
         as_of=lines.now,
         config=cfg,
@@ -865,10 +870,17 @@ def build_snapshot(
         persona_levels=persona_levels,
         products=products,
         customers=customers,
-        history=customer_tables(catalog, lines, cfg),
+        history=history,
         browsing=browsing_tables(catalog, events, lines.now),
         pairs=pair_tables(shop, catalog, lines, products, events, cfg, as_of=as_of),
         top=top_lists(catalog, lines, products, customers, len(segment_levels), cfg),
+        latent=latent_factors(
+            history.frequency,
+            products.buyers,
+            dims=cfg.latent_dims,
+            min_buyers=cfg.latent_min_buyers,
+            pool_size=cfg.neighbour_pool,
+        ),
     )
 
 

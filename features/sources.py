@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.arrays import PairLookup, indicator, row_combination
+from features.arrays import PairLookup, indicator, rank_within, row_combination
 from features.batch import QueryBatch
 from features.data import schema as s
+from features.latent import top_by_vector
 from features.snapshot import FeatureSnapshot
 
 
@@ -240,6 +241,62 @@ def candidates_from_trending(batch: QueryBatch, snapshot: FeatureSnapshot) -> Ca
     )
 
 
+def _unit_rows(m: np.ndarray) -> np.ndarray:
+    norm = np.linalg.norm(m, axis=1, keepdims=True)
+    return np.where(norm > 0, m / np.maximum(norm, 1e-12), 0.0).astype(np.float32)
+
+
+def candidates_from_latent_context(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products whose item vector is closest (cosine) to the summed vectors of the context."""
+    lf = snapshot.latent
+    vec = np.zeros((len(batch), lf.item.shape[1]), dtype=np.float32)
+    np.add.at(vec, batch.context_query, lf.item[batch.context])
+    q, p, v = top_by_vector(lf.item, lf.active, _unit_rows(vec), snapshot.config.per_source)
+    return CandidateSet("latent_context", q, p, v)
+
+
+def _customer_vectors(batch: QueryBatch, snapshot: FeatureSnapshot) -> np.ndarray:
+    lf = snapshot.latent
+    vec = np.zeros((len(batch), lf.customer.shape[1]), dtype=np.float32)
+    known = batch.customer >= 0
+    vec[known] = lf.customer[batch.customer[known]]
+    return vec
+
+
+def candidates_from_latent_customer(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Products whose item vector is closest to the customer's vector (their history)."""
+    lf = snapshot.latent
+    vec = _customer_vectors(batch, snapshot)
+    q, p, v = top_by_vector(lf.item, lf.active, vec, snapshot.config.per_source)
+    return CandidateSet("latent_customer", q, p, v)
+
+
+def candidates_from_neighbours(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """What the customer's nearest customers bought, weighted by similarity.
+
+    Neighbours: the ``neighbours`` most similar customers of the pool (cosine of customer
+    vectors, the customer excluded); score: ``sum_j sim_j * frequency[j, product]``.
+    """
+    lf, cfg = snapshot.latent, snapshot.config
+    vec = _customer_vectors(batch, snapshot)
+    q, nb, sim = top_by_vector(lf.customer, lf.pool, vec, cfg.neighbours + 1)
+    not_self = nb != batch.customer[q]
+    q, nb, sim = q[not_self], nb[not_self], sim[not_self]
+    keep = rank_within(q, -np.arange(len(q), dtype=np.float64)) <= cfg.neighbours
+    q, nb, sim = q[keep], nb[keep], sim[keep]
+    table = snapshot.history.frequency.matrix
+    starts = table.indptr[nb].astype(np.int64)
+    sizes = table.indptr[nb + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    qq = np.repeat(q, sizes)
+    pp = table.indices[take].astype(np.int64)
+    vv = np.repeat(sim, sizes) * table.data[take]
+    key = qq * snapshot.n_products + pp
+    uniq, inv = np.unique(key, return_inverse=True)
+    sums = np.bincount(inv, weights=vv) if len(uniq) else np.zeros(0)
+    return _positive("neighbours", uniq // snapshot.n_products, uniq % snapshot.n_products, sums)
+
+
 # --------------------------------------------------------------------------- upsell
 
 
@@ -380,6 +437,24 @@ for _source in (
         "popular with customers like you",
     ),
     Source("trending", frozenset({CS}), candidates_from_trending, "trending now"),
+    Source(
+        "latent_context",
+        frozenset({CS}),
+        candidates_from_latent_context,
+        "often chosen with what you are looking at",
+    ),
+    Source(
+        "latent_customer",
+        frozenset({CS}),
+        candidates_from_latent_customer,
+        "picked for your taste",
+    ),
+    Source(
+        "neighbours",
+        frozenset({CS}),
+        candidates_from_neighbours,
+        "customers who buy like you also bought this",
+    ),
     Source(
         "family_popular",
         frozenset({UP}),

@@ -124,7 +124,7 @@ class _RecommendBase(_Request):
 
 
 # One ``k_<task>`` field per declared task (the task registry is the one declaration).
-RecommendRequest = create_model(
+RecommendRequest = create_model(  # type: ignore[call-overload]  # TypeForm fields
     "RecommendRequest",
     __base__=_RecommendBase,
     __doc__=_RecommendBase.__doc__,
@@ -143,7 +143,9 @@ RecommendRequest = create_model(
 class RankRequest(_Request):
     """``POST /rank``: score a caller-supplied product list for one customer and context."""
 
-    task: Task = Field(s.CROSS_SELL, description="Which task's served policy scores the list.")
+    task: Task = Field(  # type: ignore[valid-type]  # a Literal built at import
+        s.CROSS_SELL, description="Which task's served policy scores the list."
+    )
     products: Annotated[list[Id], Field(min_length=1, max_length=MAX_CART)] = Field(
         description="Product ids to rank (1..200)."
     )
@@ -177,7 +179,7 @@ class _RecommendResponseBase(BaseModel):
     warnings: list[str]
 
 
-RecommendResponse = create_model(
+RecommendResponse = create_model(  # type: ignore[call-overload]  # TypeForm fields
     "RecommendResponse",
     __base__=_RecommendResponseBase,
     __doc__=_RecommendResponseBase.__doc__,
@@ -232,8 +234,9 @@ def serve(*, model: str | None, host: str, port: int, workers: int) -> None:
             folder, _ = export_model(uri, Path(tmp) / "model")
         os.environ[MODEL_URI_ENV] = str(folder)
         os.environ[WORKERS_ENV] = str(workers)
-        XsellService.config["workers"] = workers
-        XsellService.serve_http(host=host, port=port)
+        # @bentoml.service makes the class a Service; mypy ignores class decorators.
+        XsellService.config["workers"] = workers  # type: ignore[attr-defined]
+        XsellService.serve_http(host=host, port=port)  # type: ignore[attr-defined]
 
 
 def model_card(model: XsellModel, version: str) -> dict[str, Any]:
@@ -360,4 +363,4 @@ class XsellService:
         )
 
 
-XsellService.add_asgi_middleware(RequestGuard)
+XsellService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # a Service

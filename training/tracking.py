@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -148,7 +148,7 @@ class PromotionDecision:
         return asdict(self)
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 
@@ -340,10 +340,8 @@ class Tracker:
 
         if self.experiment_id is None:
             raise RuntimeError("this Tracker was created without an experiment: no runs")
-        if mlflow.active_run() is not None:
-            raise RuntimeError(
-                f"an MLflow run is already active: {mlflow.active_run().info.run_id}"
-            )
+        if (active := mlflow.active_run()) is not None:
+            raise RuntimeError(f"an MLflow run is already active: {active.info.run_id}")
         str_tags = {k: _truncate(str(v), MAX_TAG_VALUE_LENGTH) for k, v in (tags or {}).items()}
         with mlflow.start_run(
             experiment_id=self.experiment_id, run_name=run_name, tags=str_tags
@@ -435,7 +433,9 @@ class Tracker:
         import mlflow
 
         _ = self.run_id
-        dataset = mlflow.data.from_pandas(df, source=source, targets=targets, name=name)
+        dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]  # set at import
+            df, source=source, targets=targets, name=name
+        )
         mlflow.log_input(dataset, context=context)
 
     def log_figure(self, fig: Figure, path: str) -> None:

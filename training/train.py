@@ -6,6 +6,7 @@ it fails (status FAILED); aliases change only at the very end, after everything 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import subprocess
@@ -100,7 +101,7 @@ def data_fingerprint(folder: Path) -> str:
         if path.is_file() and path.suffix in (".parquet", ".csv"):
             h.update(path.name.encode())
             with path.open("rb") as fh:
-                for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                for block in iter(functools.partial(fh.read, 1 << 20), b""):
                     h.update(block)
     return h.hexdigest()[:16]
 

@@ -45,7 +45,7 @@ Defaults, measured on the synthetic shop (3,000 customers, seeds 1 and 2; 800 cu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -385,7 +385,7 @@ def consumability_check(
     (raw) rate, not the shrunk one: the question is what the product's buyers did.
     """
     est = shop_repurchase_rates(shop, horizon_days=horizon_days, prior_strength=prior_strength)
-    base = {
+    base: dict[str, Any] = {
         "n_products": len(shop.products),
         "n_inferred": int(infer_consumable(est, threshold).sum()),
         "threshold": threshold,
