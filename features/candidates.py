@@ -72,6 +72,15 @@ def eligible(
     return all_of(get_task(batch.task).eligibility, batch, snapshot, query, product)
 
 
+def source_stretch(weights: dict[str, float], sources: tuple[str, ...]) -> np.ndarray:
+    """Per source, the factor its ranks are multiplied by in the merge: ``1 / weight ** 2``
+    (1 for every source without weights; a source without a weight gets the weakest one's)."""
+    if not weights:
+        return np.ones(len(sources))
+    floor = max(min(weights.values()), 1e-6)
+    return np.asarray([1.0 / max(weights.get(src, floor), 1e-6) ** 2 for src in sources])
+
+
 def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidates:
     """Run every source of the batch's task and merge them (:func:`merge_candidates`) with the
     configured ``per_source`` and the task's budget (``FeatureConfig.<task>_candidates``)."""
@@ -95,8 +104,9 @@ def merge_candidates(
 ) -> Candidates:
     """Filter eligibility, keep each source's top ``per_source``, merge, keep ``budget`` per query.
 
-    The merged list per query is ordered by best rank in any source, then number of sources,
-    then product position.
+    The merged list per query is ordered by the best weighted rank in any source
+    (``rank / weight ** 2`` with the configured ``source_weights``; plain rank without them),
+    then number of sources, then product position.
     """
     sources = tuple(cs.source for cs in sets)
     q = np.concatenate([cs.query for cs in sets]) if sets else np.zeros(0, dtype=np.int64)
@@ -116,7 +126,8 @@ def merge_candidates(
     ranks[inv, k] = r
     uq = uniq // snapshot.n_products
     up = uniq % snapshot.n_products
-    best = np.nanmin(ranks, axis=1) if len(uniq) else np.zeros(0)
+    stretch = source_stretch(snapshot.config.source_weights, sources)
+    best = np.nanmin(ranks * stretch, axis=1) if len(uniq) else np.zeros(0)
     n_src = np.sum(~np.isnan(ranks), axis=1)
     order = np.lexsort((up, -n_src, best, uq))
     uq, up, scores, ranks = uq[order], up[order], scores[order], ranks[order]

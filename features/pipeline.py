@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.batch import QUERY_ID, batch_from_frame
+from features.candidates import candidate_sets, merge_candidates
 from features.columns import source_columns
 from features.config import FeatureConfig
 from features.data import schema as s
@@ -211,6 +212,53 @@ def build_task_set(
         queries=pd.concat(query_rows, ignore_index=True),
         sources=sources,
     )
+
+
+def calibrate_source_weights(
+    shop: Shop,
+    *,
+    task: str,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    config: FeatureConfig,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
+    max_queries: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Each source's strength on the queries of ``[start, end)``: the share of the positives
+    found in its own top ``per_source`` (eligible candidates only), measured on a snapshot at
+    ``start``. These are the ``source_weights`` of the merge (:func:`merge_candidates`).
+
+    Returns:
+        Source -> share (empty when the window has no labelled query).
+    """
+    lq = get_task(task).training_queries(shop, start=start, end=end, config=config)
+    queries = lq.queries
+    if len(queries) == 0:
+        return {}
+    if len(queries) > max_queries:
+        rng = np.random.default_rng(seed)
+        queries = queries.iloc[np.sort(rng.choice(len(queries), max_queries, replace=False))]
+    queries = queries.reset_index(drop=True)
+    cache = snapshots if snapshots is not None else {}
+    if start not in cache:
+        cache[start] = build_snapshot(shop, as_of=start, config=config)
+    snap = cache[start]
+    labels = lq.labels.loc[lq.labels[QUERY_ID].isin(queries[QUERY_ID])]
+    batch = batch_from_frame(queries, snap, task=task)
+    positives = pd.MultiIndex.from_arrays(
+        [labels[QUERY_ID].astype(str).to_numpy(), labels[s.PRODUCT_ID].astype(str).to_numpy()]
+    )
+    out = {}
+    for cs in candidate_sets(batch, snap):
+        alone = merge_candidates(
+            batch, snap, [cs], per_source=config.per_source, budget=config.per_source
+        )
+        rows = pd.MultiIndex.from_arrays(
+            [batch.query_ids[alone.query].astype(str), snap.product_ids[alone.product].astype(str)]
+        )
+        out[cs.source] = float(rows.isin(positives).sum()) / max(len(labels), 1)
+    return out
 
 
 def _query_meta(

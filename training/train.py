@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
-from features.pipeline import TaskSet, build_task_set
+from features.pipeline import TaskSet, build_task_set, calibrate_source_weights
 from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
 from features.snapshot import FeatureSnapshot, build_snapshot
 from features.tasks import all_tasks
@@ -185,6 +185,27 @@ def fit_and_validation_sets(
     return sets
 
 
+def _calibrated(
+    shop: Shop, cfg: TrainConfig, split: Split, say: Callable[[str], None]
+) -> TrainConfig:
+    """``cfg`` with the candidate merge weights measured on the first fit step (unless the
+    configuration fixes them)."""
+    if cfg.features.source_weights:
+        return cfg
+    start = split.fit_start
+    end = min(start + pd.Timedelta(days=cfg.split.step_days), split.valid_start)
+    weights: dict[str, float] = {}
+    for task in all_tasks():
+        say(f"{task.name}: measuring each candidate source on {start.date()} .. {end.date()}")
+        weights.update(
+            calibrate_source_weights(
+                shop, task=task.name, start=start, end=end, config=cfg.features, seed=cfg.seed
+            )
+        )
+    features = cfg.features.model_copy(update={"source_weights": weights})
+    return cfg.model_copy(update={"features": features})
+
+
 def _task_sets(
     shop: Shop,
     *,
@@ -343,6 +364,8 @@ def train(
         tracker.log_params({"train_until": str(split.train_until)})
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         snapshots: dict[pd.Timestamp, FeatureSnapshot] = {}
+        cfg = _calibrated(shop, cfg, split, say)
+        tracker.log_dict(cfg.features.source_weights, "source_weights.json")
         sets = _task_sets(shop, config=cfg, split=split, snapshots=snapshots, say=say)
         if not snapshots:
             raise ValueError("no task has labelled queries in the training window")
