@@ -6,15 +6,17 @@
 Builds the snapshot at the cut-off (default: 42 days before the last purchase) and the task's
 holdout queries of the following ``--days``, runs every source once, and reports the share of
 positives reached (new-to-customer items for cross_sell) at each budget: each source alone
-(its top N) and merged (each source's top N/2, merged by best rank, N kept), for all sources
-and for the sources that existed before the latent ones (``cooc``, ``sequential``, ``coview``,
-``cocart``, ``category_assoc``, ``segment_popular``, ``trending``). Prints the seconds each
-source takes per 1,000 queries.
+(its top N); merged by plain best rank (each source's top N/2, N kept), for all sources and for
+the sources that existed before this round (``cooc``, ``sequential``, ``coview``, ``cocart``,
+``category_assoc``, ``segment_popular``, ``trending``); and merged by weighted rank with the
+source weights calibrated on the window before the cut-off, as ``xsell train`` does. Prints
+the seconds each source takes per 1,000 queries.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from features.candidates import check_point_in_time, merge_candidates
 from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import load_shop
+from features.pipeline import calibrate_source_weights
 from features.snapshot import build_snapshot
 from features.sources import sources_for
 from features.tasks import get_task
@@ -90,6 +93,21 @@ def main() -> None:
         t0 = time.perf_counter()
         sets.append(src.build(batch, snap))
         seconds[src.name] = (time.perf_counter() - t0) / len(batch) * 1000
+    calib_start = cutoff - pd.Timedelta(days=2 * args.days)
+    weights = calibrate_source_weights(
+        shop,
+        task=args.task,
+        start=calib_start,
+        end=calib_start + pd.Timedelta(days=args.days),
+        config=FeatureConfig(),
+    )
+    print(
+        "source weights (calibrated on the window before):",
+        {k: round(v, 4) for k, v in weights.items()},
+    )
+    weighted = dataclasses.replace(
+        snap, config=snap.config.model_copy(update={"source_weights": weights})
+    )
     rows = []
     for budget in args.budgets:
         row: dict[str, object] = {"budget": budget}
@@ -102,6 +120,10 @@ def main() -> None:
         ):
             m = merge_candidates(batch, snap, subset, per_source=max(budget // 2, 1), budget=budget)
             row[name] = round(recall(m.query, m.product, positives, total), 4)
+        m = merge_candidates(batch, weighted, sets, per_source=max(budget // 2, 1), budget=budget)
+        row["merged (all, weighted: the default)"] = round(
+            recall(m.query, m.product, positives, total), 4
+        )
         rows.append(row)
     table = pd.DataFrame(rows).set_index("budget").T
     print(table.to_string())

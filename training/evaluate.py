@@ -8,7 +8,7 @@ the best baseline by ``margin``; otherwise by that baseline.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,8 @@ class TaskEvaluation:
         candidate_recall: Source -> share of positives reached.
         best_baseline: Name of the baseline with the highest primary metric.
         has_ranker: Whether the ranker was scored (False: the task has no ranker).
+        source_contribution: Per source: its share of the ranker's top-10 items (by the source
+            that ranked each item best), and of the hits among them.
     """
 
     metrics: dict[str, float]
@@ -46,6 +48,7 @@ class TaskEvaluation:
     candidate_recall: dict[str, float]
     best_baseline: str
     has_ranker: bool = True
+    source_contribution: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def value(self, policy: str, key: str) -> float:
         """Metric ``key`` of a served policy (``ranker`` or ``baseline:<name>``)."""
@@ -182,7 +185,26 @@ def evaluate_task(
             m.sliced(per_q, segment.loc[per_q.index]).assign(slice="segment"),
         ]
     )
-    return TaskEvaluation(out, per_segment, ts.candidate_recall(), best_name, has_ranker)
+    contribution = source_contribution(ts, q, ranker_score, k=10) if has_ranker else pd.DataFrame()
+    return TaskEvaluation(
+        out, per_segment, ts.candidate_recall(), best_name, has_ranker, contribution
+    )
+
+
+def source_contribution(ts: TaskSet, q: np.ndarray, score: np.ndarray, *, k: int) -> pd.DataFrame:
+    """Per source, its share of the top-``k`` rows of ``score`` and of the hits among them."""
+    top = rank_within(q, score.astype(np.float64)) <= k
+    source = np.asarray(ts.sources, dtype=object)[ts.best_source[top]] if len(ts.sources) else []
+    frame = pd.DataFrame({"source": source, "hit": ts.label[top] > 0})
+    grouped = frame.groupby("source")["hit"].agg(["size", "sum"])
+    out = pd.DataFrame(
+        {
+            "share_of_top": grouped["size"] / max(int(top.sum()), 1),
+            "share_of_hits": grouped["sum"] / max(int(frame["hit"].sum()), 1),
+            "precision": grouped["sum"] / grouped["size"].clip(lower=1),
+        }
+    )
+    return out.reindex(list(ts.sources)).fillna(0.0).rename_axis("source").reset_index()
 
 
 def holdout_sets(

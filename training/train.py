@@ -401,6 +401,8 @@ def train(
                 {"source": list(ev.candidate_recall), "recall": list(ev.candidate_recall.values())}
             )
             tracker.log_table_csv(recall, f"{task}/candidate_recall.csv")
+            if len(ev.source_contribution):
+                tracker.log_table_csv(ev.source_contribution, f"{task}/source_contribution.csv")
             tracker.log_metrics(
                 {f"{task}.candidate_recall.{k}": v for k, v in ev.candidate_recall.items()}
             )
