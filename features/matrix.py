@@ -79,6 +79,11 @@ CONTEXT_FEATURES = (
     "price_rank_in_query",
     "lift_rank_in_query",
     "trend_rank_in_query",
+    "conf_rank_in_query",
+    "seg_pop_rank_in_query",
+    "affinity_rank_in_query",
+    "n_sources_rank_in_query",
+    "frequency_rank_in_query",
 )
 FIXED_CATEGORICAL = ("cust_lifecycle", "placement")
 
@@ -302,6 +307,11 @@ def features_for_candidates(
     f["price_rank_in_query"] = rank_within(q, price) / size_q
     f["lift_rank_in_query"] = rank_within(q, f["ctx_lift_max"]) / size_q
     f["trend_rank_in_query"] = rank_within(q, a.trend[p]) / size_q
+    f["conf_rank_in_query"] = rank_within(q, f["ctx_conf_sum"]) / size_q
+    f["seg_pop_rank_in_query"] = rank_within(q, f["seg_pop_share"]) / size_q
+    f["affinity_rank_in_query"] = rank_within(q, f["cust_category_affinity"]) / size_q
+    f["n_sources_rank_in_query"] = rank_within(q, f["n_sources"]) / size_q
+    f["frequency_rank_in_query"] = rank_within(q, f["cust_product_frequency"]) / size_q
 
     columns = feature_columns(snapshot, batch.task)
     X = np.empty((n, len(columns)), dtype=np.float32)

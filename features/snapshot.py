@@ -195,6 +195,8 @@ class PairTables:
         coview, cocart: Session co-occurrence of views / add-to-carts.
         category_assoc: Category x category lift.
         category_top: Category x product share of the category's recent lines.
+        family_assoc: Family x family lift (complements at the family level).
+        family_top: Family x product share of the family's recent lines (top 10).
         upsell_pairs: Anchor x version: same family, pricier, within the uplift cap.
         viewed_bought: Anchor x version: "viewed A, bought B" counts within the cap.
     """
@@ -206,6 +208,8 @@ class PairTables:
     cocart: PairLookup
     category_assoc: PairLookup
     category_top: PairLookup
+    family_assoc: PairLookup
+    family_top: PairLookup
     upsell_pairs: PairLookup
     viewed_bought: PairLookup
 
@@ -772,19 +776,13 @@ def pair_tables(
         cfg.cooc_neighbours,
         cfg.min_pair_count,
     )
-    line_cat = catalog.category[lines.product]
-    category_assoc, _ = cooccurrence(
-        lines.order[hist], line_cat[hist], n_cat, cfg.cooc_prior, CATEGORY_NEIGHBOURS
+    category_assoc, category_top = _group_tables(
+        catalog.category, n_cat, lines, products.long_popularity, cfg, top_n=cfg.per_source
+    )
+    family_assoc, family_top = _group_tables(
+        catalog.family, len(catalog.family_levels), lines, products.long_popularity, cfg, top_n=10
     )
     long_pop = products.long_popularity
-    category = catalog.category
-    cat_share = long_pop / np.maximum(
-        np.bincount(category, weights=long_pop, minlength=n_cat)[category], 1e-12
-    )
-    keep = (rank_within(category, long_pop) <= cfg.per_source) & (long_pop > 0)
-    category_top = sp.csr_matrix(
-        (cat_share[keep], (category[keep], np.flatnonzero(keep))), shape=(n_cat, n_p)
-    )
     events = _event_pair_tables(shop, catalog, event_rows, cfg, as_of)
     upsell = _upsell_pairs(catalog.family, catalog.price, long_pop, cfg.upsell_max_uplift)
     vb = events["viewed_bought_raw"]
@@ -801,9 +799,40 @@ def pair_tables(
         cocart=PairLookup(events["cocart"]),
         category_assoc=PairLookup(category_assoc),
         category_top=PairLookup(category_top),
+        family_assoc=PairLookup(family_assoc),
+        family_top=PairLookup(family_top),
         upsell_pairs=PairLookup(upsell),
         viewed_bought=PairLookup(vb),
     )
+
+
+def _group_tables(
+    group: np.ndarray,
+    n_groups: int,
+    lines: Lines,
+    popularity: np.ndarray,
+    config: FeatureConfig,
+    *,
+    top_n: int,
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Group x group lift mined from orders, and each group's best sellers (share of the
+    group's recent lines, top ``top_n``), for a product grouping (category or family)."""
+    hist = lines.history
+    assoc, _ = cooccurrence(
+        lines.order[hist],
+        group[lines.product[hist]],
+        n_groups,
+        config.cooc_prior,
+        CATEGORY_NEIGHBOURS,
+    )
+    share = popularity / np.maximum(
+        np.bincount(group, weights=popularity, minlength=n_groups)[group], 1e-12
+    )
+    keep = (rank_within(group, popularity) <= top_n) & (popularity > 0)
+    top = sp.csr_matrix(
+        (share[keep], (group[keep], np.flatnonzero(keep))), shape=(n_groups, len(group))
+    )
+    return assoc, top
 
 
 def top_lists(

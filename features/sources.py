@@ -175,40 +175,66 @@ def candidates_from_cocart(batch: QueryBatch, snapshot: FeatureSnapshot) -> Cand
     return via_product_table(batch, snapshot, snapshot.pairs.cocart, "cocart")
 
 
-def candidates_from_category_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
-    """Top products of the categories most associated with the context's categories.
-
-    ``(context categories) @ assoc @ top``: the category weights are computed first (summed
-    association per category), then the top lists are combined with those weights, for one
-    query and many alike.
-    """
-    n_cat = len(snapshot.category_levels)
-    cats = snapshot.products.category[batch.context]
-    assoc, top = snapshot.pairs.category_assoc.matrix, snapshot.pairs.category_top.matrix
-    xc = indicator(batch.context_query, cats, (len(batch), n_cat))
+def _via_group_tables(
+    batch: QueryBatch,
+    snapshot: FeatureSnapshot,
+    group: np.ndarray,
+    tables: tuple[PairLookup, PairLookup],
+    name: str,
+) -> CandidateSet:
+    """``(context groups) @ assoc @ top``: the group weights first (summed association per
+    group), then the groups' top lists combined with those weights, one query and many alike."""
+    assoc, top = tables[0].matrix, tables[1].matrix
+    n_groups = assoc.shape[0]
+    xc = indicator(batch.context_query, group[batch.context], (len(batch), n_groups))
     weights = sp.csr_matrix(xc @ assoc)
     weights.sort_indices()
     wq = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(weights.indptr))
     wc = weights.indices.astype(np.int64)
     wv = weights.data
     if len(batch) == 1:
-        return _one_row("category_assoc", *row_combination(top, wc, wv))
-    q_rows, c_rows, v_rows = [], [], []
+        return _one_row(name, *row_combination(top, wc, wv))
     starts = top.indptr[wc].astype(np.int64)
     sizes = top.indptr[wc + 1].astype(np.int64) - starts
     take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-    q_rows.append(np.repeat(wq, sizes))
-    c_rows.append(top.indices[take].astype(np.int64))
-    v_rows.append(np.repeat(wv, sizes) * top.data[take])
-    q, p, v = (np.concatenate(x) for x in (q_rows, c_rows, v_rows))
+    q = np.repeat(wq, sizes)
+    p = top.indices[take].astype(np.int64)
+    v = np.repeat(wv, sizes) * top.data[take]
     key = q * snapshot.n_products + p
     uniq, inv = np.unique(key, return_inverse=True)
-    sums = np.bincount(inv, weights=v)
-    keep = sums > 0
-    uniq, sums = uniq[keep], sums[keep]
-    return CandidateSet(
-        "category_assoc", uniq // snapshot.n_products, uniq % snapshot.n_products, sums
+    sums = np.bincount(inv, weights=v) if len(uniq) else np.zeros(0)
+    return _positive(name, uniq // snapshot.n_products, uniq % snapshot.n_products, sums)
+
+
+def candidates_from_category_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Top products of the categories most associated with the context's categories."""
+    pairs = snapshot.pairs
+    return _via_group_tables(
+        batch,
+        snapshot,
+        snapshot.products.category,
+        (pairs.category_assoc, pairs.category_top),
+        "category_assoc",
     )
+
+
+def candidates_from_family_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
+    """Family-level complements: the families most associated with the context's families,
+    then their best sellers, scaled by fit with the customer's price level
+    (``0.5 + 0.5 * (1 - |price percentile - level|)``; unscaled for unknown customers)."""
+    pairs = snapshot.pairs
+    cs = _via_group_tables(
+        batch,
+        snapshot,
+        snapshot.products.family,
+        (pairs.family_assoc, pairs.family_top),
+        "family_assoc",
+    )
+    cust = batch.customer[cs.query]
+    level = np.where(cust >= 0, snapshot.customers.price_level[np.maximum(cust, 0)], np.nan)
+    fit = 1.0 - np.abs(snapshot.products.price_pct_in_category[cs.product] - level)
+    scale = np.where(np.isnan(fit), 1.0, 0.5 + 0.5 * fit)
+    return CandidateSet(cs.source, cs.query, cs.product, cs.score * scale)
 
 
 def candidates_from_segment_popular(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
@@ -429,6 +455,12 @@ for _source in (
         frozenset({CS}),
         candidates_from_category_assoc,
         "{category} goes well with your basket",
+    ),
+    Source(
+        "family_assoc",
+        frozenset({CS}),
+        candidates_from_family_assoc,
+        "completes what is in your basket",
     ),
     Source(
         "segment_popular",
