@@ -1,4 +1,5 @@
-"""Shared fixtures: a hand-made tiny shop (5 customers, 6 products, 12 order lines, events)."""
+"""Shared fixtures: a hand-made tiny shop (5 customers, 6 products, 12 order lines, events),
+and (from ``trained_model``) the one trained model of the suite, ``trained``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from trained_model import trained  # noqa: F401  (the shared session fixture)
 
 from features.data import schema as s
 

@@ -1,7 +1,7 @@
 """The prediction API: request validation, the same scores as batch scoring, fuzzing, a real server.
 
-One small model is trained per session (a 1,200-customer synthetic shop, a fast config),
-registered in a temporary MLflow store and exported to a folder; the in-process tests drive the
+The suite's shared trained model (``trained_model.trained``: a 1,200-customer synthetic shop,
+a fast config, a temporary MLflow store) is exported from the registry to a folder; the in-process tests drive the
 service's ASGI app through ``httpx.ASGITransport``, the ``server`` test starts ``xsell serve``.
 """
 
@@ -26,6 +26,8 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mlflow_isolation import forget_uris
+from trained_model import MODEL_NAME, Trained
 
 from features.data import schema as s
 from features.recommend import BASELINE_PREFIX, RANKER, default_context, placement_defaults
@@ -40,13 +42,8 @@ from serving.service import (
     RecommendResponse,
     XsellService,
 )
-from training.config import RankerConfig, SplitConfig, TrainConfig
 from training.model import XsellModel, export_model, load_serving_model
 
-FAST = TrainConfig(
-    split=SplitConfig(train_days=42, max_queries_per_cutoff=800),
-    ranker=RankerConfig(max_rounds=60),
-)
 UNKNOWN_CUSTOMER = "NEVER-SEEN"
 
 
@@ -87,19 +84,16 @@ class AsgiClient:
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A trained model, registered in a temporary store and exported as a folder."""
-    from features.data.synthetic import generate_shop
-    from training.tracking import tracking_uri
-    from training.train import train
-
-    root = tmp_path_factory.mktemp("serving")
-    generate_shop(root / "shop", n_customers=1200, seed=3)
-    result = train(root / "shop", config=FAST, root=root / "mlruns", experiment="serving")
+def model_dir(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared trained model's version 1, exported from its registry as a folder."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", tracking_uri(root / "mlruns"))
-        folder, version = export_model(f"models:/xsell-ranker/{result.version}", root / "model")
-    assert version == f"xsell-ranker/{result.version}"
+        mp.setenv("MLFLOW_TRACKING_URI", trained.uri)
+        folder, version = export_model(
+            f"models:/{MODEL_NAME}/{trained.result.version}",
+            tmp_path_factory.mktemp("serving") / "model",
+        )
+        forget_uris()
+    assert version == f"{MODEL_NAME}/1"
     return folder
 
 

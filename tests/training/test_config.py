@@ -1,0 +1,184 @@
+"""The training configuration (``training/config.py``): YAML loading and validation, the shipped
+configs, and a configured popularity window carried through snapshot, features and evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from features.columns import popularity_column
+from features.config import FeatureConfig
+from features.data import schema as s
+from features.data.io import load_shop
+from features.matrix import feature_columns
+from features.recommend import BASELINE_PREFIX, XsellModel
+from features.snapshot import build_snapshot
+from features.tasks import get_task, task_names
+from training.config import RankerConfig, SplitConfig, TrainConfig
+from training.evaluate import evaluate_model, holdout_sets
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def _write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# ------------------------------------------------------------------------------------------
+# from_yaml
+# ------------------------------------------------------------------------------------------
+
+
+def test_nested_overrides_load_and_the_rest_keeps_its_defaults(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        "seed: 11\n"
+        "promotion_margin: 0.05\n"
+        "ranker:\n  max_rounds: 9\n  num_leaves: 7\n"
+        "split:\n  test_days: 10\n  max_queries_per_cutoff: null\n"
+        "features:\n  popularity_windows_days: [7, 30, 60]\n  cross_sell_price_cap: 2.5\n",
+    )
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.seed == 11
+    assert cfg.promotion_margin == 0.05
+    assert cfg.ranker == RankerConfig(max_rounds=9, num_leaves=7)
+    assert cfg.split == SplitConfig(test_days=10, max_queries_per_cutoff=None)
+    assert cfg.features.popularity_windows_days == (7, 30, 60)
+    assert cfg.features.cross_sell_price_cap == 2.5
+    assert cfg.features.session_gap_minutes == FeatureConfig().session_gap_minutes
+    assert cfg.model_name == TrainConfig().model_name
+    assert TrainConfig.from_yaml(str(path)) == cfg  # a str path works too
+
+
+def test_no_file_and_an_empty_file_give_the_defaults(tmp_path: Path) -> None:
+    assert TrainConfig.from_yaml(None) == TrainConfig()
+    assert TrainConfig.from_yaml(_write(tmp_path, "")) == TrainConfig()
+    assert TrainConfig.from_yaml(_write(tmp_path, "# only a comment\n", "c.yaml")) == TrainConfig()
+
+
+def test_to_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        seed=3,
+        features=FeatureConfig(popularity_windows_days=(14, 45), segment_column="segment"),
+        split=SplitConfig(train_days=30, max_queries_per_cutoff=None),
+    )
+    assert TrainConfig.from_yaml(_write(tmp_path, cfg.to_yaml())) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        pytest.param("max_round: 5\n", "max_round", id="top-level"),
+        pytest.param("ranker:\n  max_round: 5\n", "max_round", id="ranker"),
+        pytest.param("split:\n  test_day: 5\n", "test_day", id="split"),
+        pytest.param("features:\n  popularity_window_days: [7]\n", "popularity_window", id="f"),
+    ],
+)
+def test_unknown_keys_are_refused_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ValidationError, match=key) as info:
+        TrainConfig.from_yaml(_write(tmp_path, text))
+    assert isinstance(info.value, ValueError)  # what the CLI turns into one "error:" line
+    assert "extra" in str(info.value).lower()
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        pytest.param("ranker:\n  max_rounds: 0\n", "max_rounds", id="below-minimum"),
+        pytest.param("ranker:\n  max_rounds: many\n", "max_rounds", id="not-a-number"),
+        pytest.param("ranker: 5\n", "ranker", id="section-not-a-mapping"),
+    ],
+)
+def test_invalid_values_are_refused_naming_the_field(tmp_path: Path, text: str, match: str) -> None:
+    with pytest.raises(ValidationError, match=match):
+        TrainConfig.from_yaml(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("- seed\n- 3\n", id="list"),
+        pytest.param("42\n", id="scalar"),
+        pytest.param("just some words\n", id="string"),
+    ],
+)
+def test_a_non_mapping_file_is_refused(tmp_path: Path, text: str) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(ValueError, match="must be a mapping") as info:
+        TrainConfig.from_yaml(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_missing_file_is_an_os_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        TrainConfig.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_the_shipped_completejourney_config_loads() -> None:
+    cfg = TrainConfig.from_yaml(CONFIGS / "completejourney.yaml")
+    assert cfg.model_name == "xsell-ranker-completejourney"
+    assert cfg.model_name != TrainConfig().model_name  # never compared with the synthetic shop
+    assert cfg.split.train_days == 98
+    assert cfg.split.max_queries_per_cutoff == 4000
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    assert isinstance(TrainConfig.from_yaml(path), TrainConfig)
+
+
+# ------------------------------------------------------------------------------------------
+# A configured popularity window, end to end
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("windows", [(7, 30, 60), (10, 45)])
+def test_any_popularity_window_works_end_to_end(
+    small_shop_dir: Path, windows: tuple[int, ...]
+) -> None:
+    """Snapshot, feature columns, the popularity baselines and an evaluation on a window set
+    other than the default (7, 30, 90): the longest window used to be hard-wired."""
+    config = FeatureConfig(popularity_windows_days=windows)
+    shop = load_shop(small_shop_dir)
+    _, last = shop.time_range()
+    as_of = (last - pd.Timedelta(days=28)).normalize()
+    snap = build_snapshot(shop, as_of=as_of, config=config)
+    assert set(snap.products.popularity) == set(windows)
+
+    long = popularity_column(max(windows))
+    assert long == f"prod_pop_{max(windows)}"
+    for task in task_names():
+        columns = feature_columns(snap, task)
+        assert {popularity_column(w) for w in windows} <= set(columns), task
+        assert popularity_column(90) not in columns
+
+    # every task served by a baseline: no ranker needed, all the scoring goes through columns
+    policies = {
+        s.CROSS_SELL: f"{BASELINE_PREFIX}popular",
+        s.UPSELL: f"{BASELINE_PREFIX}popular",
+        s.REPLENISH: f"{BASELINE_PREFIX}personal_frequency",
+    }
+    for task, policy in policies.items():
+        assert get_task(task).baseline(policy.removeprefix(BASELINE_PREFIX)) is not None
+    model = XsellModel(snapshot=snap, boosters={}, policies=policies)
+    sets = holdout_sets(model, shop, start=as_of, end=last + pd.Timedelta(seconds=1), seed=0)
+    assert set(sets) == set(task_names())
+    for task, ts in sets.items():
+        assert ts.columns == feature_columns(snap, task)
+        values = ts.X[:, ts.columns.index(long)]
+        assert np.isfinite(values).all() and (values > 0).any(), task
+    evals = evaluate_model(model, sets)
+    assert set(evals) == set(task_names())
+    for task, ev in evals.items():
+        assert not ev.has_ranker
+        assert ev.metrics["n_queries"] > 0, task
+        names = {b.name for b in get_task(task).all_baselines()}
+        assert ev.best_baseline in names
+        for name in names:
+            assert 0.0 <= ev.metrics[f"baseline_{name}.ndcg_at_10"] <= 1.0, (task, name)
