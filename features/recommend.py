@@ -46,6 +46,7 @@ from features.candidates import candidates_for_products
 from features.data import schema as s
 from features.guardrails import Selection, apply_guardrails, reasons
 from features.matrix import FeatureMatrix, build_features, feature_columns, features_for_candidates
+from features.rules import all_of
 from features.snapshot import FeatureSnapshot, to_days
 from features.tasks import Task, all_tasks, get_task, tasks_at
 
@@ -174,7 +175,11 @@ class XsellModel:
         baseline = _parse_policy(self.policy(task))
         if baseline is None:
             return self.ranker_score(fm.X, task)
-        return get_task(task).baseline(baseline).score(fm.X, fm.columns, self.snapshot.config)
+        score = get_task(task).baseline(baseline).score(fm.X, fm.columns, self.snapshot.config)
+        # candidates the baseline cannot score rank last, with a finite score (JSON-safe)
+        finite = np.isfinite(score)
+        floor = float(score[finite].min()) - 1.0 if finite.any() else 0.0
+        return np.where(finite, score, floor)
 
     def rank(self, batch: QueryBatch, k: np.ndarray) -> tuple[FeatureMatrix, np.ndarray, Selection]:
         """Candidates, scores and the guardrailed selection of a batch."""
@@ -183,7 +188,8 @@ class XsellModel:
         return fm, sc, apply_guardrails(batch, self.snapshot, fm, sc, k)
 
     def popular_fallback(self, customer: int, exclude: set[int], k: int) -> list[int]:
-        """Segment (or global) most popular in-stock products, for cold starts."""
+        """Segment (or global) most popular in-stock products, for cold starts (the caller
+        applies the task's guardrails to them: a fallback obeys the same business rules)."""
         snap = self.snapshot
         if customer >= 0:
             cols, vals = snap.top.segment_top.row(int(snap.customers.segment[customer]))
@@ -275,13 +281,21 @@ class XsellModel:
         items = self._items(batch, fm, sc, sel.rows)
         fallback = bool(batch.customer[0] < 0)
         if not items and task.popular_fallback:
-            picks = self.popular_fallback(int(batch.customer[0]), set(batch.context.tolist()), k)
+            popular = np.asarray(
+                self.popular_fallback(
+                    int(batch.customer[0]), set(batch.context.tolist()), len(snap.product_ids)
+                ),
+                dtype=np.int64,
+            )
+            rules = (*task.eligibility, *task.guardrails)  # the same rules as any candidate
+            ok = all_of(rules, batch, snap, np.zeros(len(popular), dtype=np.int64), popular)
+            picks = popular[ok][:k].tolist()
             price = snap.products.price
             items = [
                 Recommendation(str(snap.product_ids[p]), 0.0, float(price[p]), POPULAR_REASON)
                 for p in picks
             ]
-            fallback = True
+            fallback = fallback or bool(items)
         return QueryResult(items, fallback, self.policy(task.name), warnings)
 
     def score_products(

@@ -553,9 +553,17 @@ class Tracker:
 
         Returns:
             The previous champion version, if any.
+
+        Raises:
+            ValueError: No such model or version.
         """
+        from mlflow.exceptions import MlflowException
+
         previous = self.get_version_by_alias(name, CHAMPION)
-        self.set_alias(name, CHAMPION, version)
+        try:
+            self.set_alias(name, CHAMPION, version)
+        except MlflowException as exc:
+            raise ValueError(f"cannot promote {name} version {version}: {exc.message}") from exc
         log.info(
             "%s@%s: version %s (was %s)", name, CHAMPION, version, previous and previous.version
         )

@@ -6,7 +6,8 @@ real candidates, features, guardrails and fallback.
 
 In the tiny shop (prices: p1 499, p2 799, p3 19.9, p4 24.9, p5 29, p6 8.5) c1 is in segment
 "value" (popular there: p1, p5, p6, then p3); everyone's most popular: p6, p1, p5, p2, p3, p4.
-A cart holding only p6 caps cross-sell items at 1.5 x 8.5: no candidate survives.
+A cart holding only p6 caps cross-sell items at 1.5 x 8.5: no candidate survives, and the
+fallback obeys the same rules (eligibility and guardrails), so nothing is shown.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import load_shop
 from features.recommend import BASELINE_PREFIX, POPULAR_REASON, QueryResult, XsellModel
@@ -106,43 +108,65 @@ def test_the_fallback_skips_out_of_stock_products(model_p1_sold_out: XsellModel)
 # ------------------------------------------------------------------------------------------
 
 
-def test_no_surviving_candidate_falls_back_to_popular_products(model: XsellModel) -> None:
-    got = _cross_sell(model, "c1", ["p6"])
+@pytest.fixture
+def lean(
+    tiny_shop_dir: Path, tables: dict[str, pd.DataFrame], rewrite: Callable[..., Path]
+) -> XsellModel:
+    """One cross-sell candidate per query, and p6 (the global best seller) out of stock, so a
+    query's only candidate can fail the guardrails while popular products pass them."""
+    products = tables[s.PRODUCTS].assign(**{s.IN_STOCK: True})
+    products.loc[products[s.PRODUCT_ID] == "p6", s.IN_STOCK] = False
+    rewrite(tiny_shop_dir, s.PRODUCTS, products)
+    snap = build_snapshot(
+        load_shop(tiny_shop_dir), as_of=AS_OF, config=FeatureConfig(cross_sell_candidates=1)
+    )
+    return XsellModel(snapshot=snap, boosters={}, policies=dict(POLICIES))
+
+
+def test_no_surviving_candidate_falls_back_to_popular_products(lean: XsellModel) -> None:
+    got = _cross_sell(lean, UNKNOWN, ["p4"])
     assert got.fallback is True
-    assert [i.product_id for i in got.items] == ["p1", "p5", "p3"]
+    # the global top p6, p1, p5, p2, p3, p4 without p6 (sold out), p1 and p2 (above the cap of
+    # 1.5 x 24.90), p3 (the cart's family) and p4 (in the cart)
+    assert [i.product_id for i in got.items] == ["p5"]
     assert all(i.reason == POPULAR_REASON for i in got.items)
     assert all(i.score == 0.0 for i in got.items)
-    price = model.snapshot.products.price
+    price = lean.snapshot.products.price
     for item in got.items:
-        assert item.price == pytest.approx(price[model.snapshot.product_index[item.product_id]])
+        assert item.price == pytest.approx(price[lean.snapshot.product_index[item.product_id]])
     assert got.policy == POLICIES[s.CROSS_SELL]
 
 
-def test_the_fallback_never_returns_the_cart(model: XsellModel) -> None:
-    """p6 tops both popularity lists; in the cart, it is left out of the fallback."""
-    expected = {"c1": ["p1", "p5", "p3"], UNKNOWN: ["p1", "p5", "p2", "p3", "p4"]}
-    for customer, ids in expected.items():
-        got = _cross_sell(model, customer, ["p6"], k=10)
-        assert got.fallback is True
-        assert all(i.reason == POPULAR_REASON for i in got.items)
-        assert [i.product_id for i in got.items] == ids, customer
+def test_the_fallback_obeys_every_cross_sell_rule(lean: XsellModel) -> None:
+    snap = lean.snapshot
+    bought = {"c1": {"p1", "p3", "p6", "p5"}, UNKNOWN: set()}
+    family = dict(zip(snap.product_ids.tolist(), snap.products.family.tolist(), strict=True))
+    served = 0
+    for customer in bought:
+        for cart in (["p2"], ["p1"], ["p4"], ["p2", "p4"]):
+            got = _cross_sell(lean, customer, cart, k=10)
+            cap = 1.5 * sum(snap.products.price[snap.product_index[p]] for p in cart)
+            for item in got.items:
+                pos = snap.product_index[item.product_id]
+                assert item.product_id not in cart
+                assert snap.products.in_stock[pos]
+                assert item.product_id not in bought[customer]
+                assert family[item.product_id] not in {family[p] for p in cart}
+                assert item.price <= cap + 1e-9
+            served += sum(i.reason == POPULAR_REASON for i in got.items)
+    assert served > 0, "some of these requests must be served by the fallback"
 
 
-def test_the_fallback_never_returns_out_of_stock_products(model_p1_sold_out: XsellModel) -> None:
+def test_the_price_cap_applies_to_the_fallback_too(model: XsellModel) -> None:
+    """A cart holding only p6 (8.50) caps items at 12.75: nothing qualifies, nothing is shown."""
     for customer in ("c1", UNKNOWN):
-        got = _cross_sell(model_p1_sold_out, customer, ["p6"], k=10)
-        ids = [i.product_id for i in got.items]
-        assert got.fallback is True
-        assert ids and "p1" not in ids and "p6" not in ids, customer
+        got = _cross_sell(model, customer, ["p6"], k=10)
+        assert got.items == [], customer
+    assert _cross_sell(model, "c1", ["p6"]).fallback is False
+    assert _cross_sell(model, UNKNOWN, ["p6"]).fallback is True  # unknown: always flagged
 
 
 def test_an_unknown_customer_is_always_flagged(model: XsellModel) -> None:
-    # no candidate survives the price cap: the global top, minus the cart
-    capped = _cross_sell(model, UNKNOWN, ["p6"])
-    assert capped.fallback is True
-    assert [i.product_id for i in capped.items] == ["p1", "p5", "p2"]
-    assert all(i.reason == POPULAR_REASON for i in capped.items)
-    # candidates survive (segment-free popularity): served normally, still flagged
     served = _cross_sell(model, UNKNOWN, [])
     assert served.fallback is True
     assert served.items

@@ -287,11 +287,6 @@ def test_expected_failures_exit_2_with_one_message(
     assert aliases_of(in_store.client()) == {CHAMPION: 1, CHALLENGER: 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="source bug: Tracker.promote lets MlflowException escape; cli.main catches only "
-    "ValueError/OSError, so `xsell promote 99` prints a traceback and exits 1",
-)
 def test_promote_of_an_unknown_version_is_one_error_line(
     in_store: CliStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
