@@ -21,8 +21,11 @@ from trained_model import (
 from typer.testing import CliRunner
 
 from features.batch import ANCHOR, AS_OF, CART, PLACEMENT, QUERY_ID, K
+from features.candidates import collect_candidates
 from features.data import schema as s
 from features.recommend import OUTPUT_COLUMNS, POPULAR_REASON, placement_defaults
+from features.rules import all_of
+from features.tasks import get_task
 from training import cli
 from training.model import XsellModel
 from training.recommend import read_queries
@@ -235,43 +238,71 @@ def test_recommend_one_known_customer_no_fallback_and_cart_excluded(
     assert any("P-unknown" in w for w in got[s.CROSS_SELL].warnings)
 
 
-def test_recommend_one_falls_back_when_no_candidate_survives(model: XsellModel) -> None:
-    """A price cap nothing passes filters every candidate: a known customer gets the segment's
-    popular products instead, flagged, never from the cart and never out of stock."""
+def _variant(model: XsellModel, in_stock: np.ndarray, **config: object) -> XsellModel:
     snap = model.snapshot
-    customer = str(snap.customer_ids[0])
-    segment_top, _ = snap.top.segment_top.row(int(snap.customers.segment[0]))
-    cart = [str(snap.product_ids[int(p)]) for p in snap.top.global_top[:2]]
-    sold_out = {int(p) for p in segment_top[:3]}  # the likeliest fallback picks
-    in_stock = snap.products.in_stock.copy()
-    in_stock[list(sold_out)] = False
-    capped = XsellModel(
+    return XsellModel(
         snapshot=dataclasses.replace(
             snap,
-            config=snap.config.model_copy(update={"cross_sell_price_cap": 1e-9}),
+            config=snap.config.model_copy(update=config),
             products=dataclasses.replace(snap.products, in_stock=in_stock),
         ),
         boosters=model.boosters,
         policies=model.policies,
         meta=model.meta,
     )
+
+
+def test_recommend_one_falls_back_when_no_candidate_survives(model: XsellModel) -> None:
+    """One candidate per query, and that candidate sold out: a known customer gets the
+    segment's popular products instead, flagged, obeying every cross-sell rule."""
+    snap = model.snapshot
+    customer = str(snap.customer_ids[0])
+    cart = [str(snap.product_ids[int(p)]) for p in snap.top.global_top[:2]]
+    one = _variant(model, snap.products.in_stock.copy(), cross_sell_candidates=1)
+    batch = one.request_batch(
+        task=s.CROSS_SELL, customer_id=customer, placement="cart", product_id=None, cart=cart
+    )
+    (only,) = collect_candidates(batch, one.snapshot).product.tolist()
+    in_stock = snap.products.in_stock.copy()
+    in_stock[only] = False
+    sold_out = _variant(model, in_stock, cross_sell_candidates=1)
     k = 5
-    got = capped.recommend_one(
+    got = sold_out.recommend_one(
         customer_id=customer, placement="cart", product_id=None, cart=cart, k={s.CROSS_SELL: k}
     )[s.CROSS_SELL]
     assert got.fallback is True
-    assert len(got.items) == k
+    assert 0 < len(got.items) <= k
     ids = [item.product_id for item in got.items]
-    positions = [snap.product_index[p] for p in ids]
+    positions = np.asarray([snap.product_index[p] for p in ids], dtype=np.int64)
     assert all(item.reason == POPULAR_REASON for item in got.items)
     assert not set(ids) & set(cart)
-    assert not set(positions) & sold_out
-    assert all(in_stock[p] for p in positions)
-    expected = capped.popular_fallback(0, {snap.product_index[p] for p in cart}, k)
-    assert positions == expected
+    assert only not in positions.tolist()
+    task = get_task(s.CROSS_SELL)
+    rules = (*task.eligibility, *task.guardrails)
+    assert all_of(
+        rules, batch, sold_out.snapshot, np.zeros(len(positions), np.int64), positions
+    ).all()
+    popular = sold_out.popular_fallback(0, set(batch.context.tolist()), snap.n_products)
+    assert positions.tolist() == [p for p in popular if p in set(positions.tolist())]
     # the unmodified model serves the same customer and cart without falling back
     normal = model.recommend_one(
         customer_id=customer, placement="cart", product_id=None, cart=cart, k={s.CROSS_SELL: k}
     )[s.CROSS_SELL]
     assert normal.fallback is False
     assert normal.items and all(item.reason != POPULAR_REASON for item in normal.items)
+
+
+def test_the_fallback_obeys_the_price_cap(model: XsellModel) -> None:
+    """A price cap nothing passes: no candidate and no popular product is shown."""
+    snap = model.snapshot
+    capped = _variant(model, snap.products.in_stock.copy(), cross_sell_price_cap=1e-9)
+    cart = [str(snap.product_ids[int(p)]) for p in snap.top.global_top[:2]]
+    got = capped.recommend_one(
+        customer_id=str(snap.customer_ids[0]),
+        placement="cart",
+        product_id=None,
+        cart=cart,
+        k={s.CROSS_SELL: 5},
+    )[s.CROSS_SELL]
+    assert got.items == []
+    assert got.fallback is False
