@@ -122,6 +122,42 @@ def indicator(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.
     return m
 
 
+def gather_rows(
+    matrix: sp.csr_matrix, rows: np.ndarray, owner: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every stored entry of ``matrix[rows[i]]``, in the order of ``rows``.
+
+    Args:
+        matrix: A CSR matrix.
+        rows: Row positions to read (repeats allowed).
+        owner: A label per element of ``rows`` (default ``0..len(rows)-1``).
+
+    Returns:
+        ``(owner, column, value)`` aligned, one element per stored entry read.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    owner = np.arange(len(rows), dtype=np.int64) if owner is None else np.asarray(owner)
+    starts = matrix.indptr[rows].astype(np.int64)
+    sizes = matrix.indptr[rows + 1].astype(np.int64) - starts
+    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    return (
+        np.repeat(owner, sizes).astype(np.int64),
+        matrix.indices[take].astype(np.int64),
+        matrix.data[take].astype(np.float64),
+    )
+
+
+def summed_pairs(
+    query: np.ndarray, product: np.ndarray, value: np.ndarray, n_products: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Values summed per (query, product), in the order they come (bit-identical for one query
+    and many), sorted by query then product."""
+    key = query.astype(np.int64) * n_products + product.astype(np.int64)
+    uniq, inv = np.unique(key, return_inverse=True)
+    sums = np.bincount(inv, weights=value) if len(uniq) else np.zeros(0)
+    return uniq // n_products, uniq % n_products, sums
+
+
 def row_combination(
     matrix: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -135,14 +171,9 @@ def row_combination(
     Returns:
         ``(columns, values)``, columns ascending (int64), zero sums dropped.
     """
-    rows = np.asarray(rows, dtype=np.int64)
-    starts = matrix.indptr[rows].astype(np.int64)
-    sizes = matrix.indptr[rows + 1].astype(np.int64) - starts
-    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-    cols = matrix.indices[take]
-    vals = matrix.data[take]
+    entry, cols, vals = gather_rows(matrix, rows)
     if weights is not None:
-        vals = np.repeat(np.asarray(weights, dtype=np.float64), sizes) * vals
+        vals = np.asarray(weights, dtype=np.float64)[entry] * vals
     sums = np.bincount(cols, weights=vals, minlength=matrix.shape[1]) if len(cols) else None
     if sums is None:
         return np.zeros(0, dtype=np.int64), np.zeros(0)

@@ -20,7 +20,14 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.arrays import PairLookup, indicator, rank_within, row_combination
+from features.arrays import (
+    PairLookup,
+    gather_rows,
+    indicator,
+    rank_within,
+    row_combination,
+    summed_pairs,
+)
 from features.batch import QueryBatch
 from features.data import schema as s
 from features.latent import top_by_vector
@@ -131,14 +138,8 @@ def customer_rows(batch: QueryBatch, table: PairLookup) -> tuple[np.ndarray, ...
 
     The same code for one query and many (no sparse product, so no ordering subtleties).
     """
-    m = table.matrix
     known = np.flatnonzero(batch.customer >= 0)
-    cust = batch.customer[known]
-    starts = m.indptr[cust].astype(np.int64)
-    sizes = m.indptr[cust + 1].astype(np.int64) - starts
-    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-    q = np.repeat(known.astype(np.int64), sizes)
-    return q, m.indices[take].astype(np.int64), m.data[take].astype(np.float64)
+    return gather_rows(table.matrix, batch.customer[known], known)
 
 
 def _positive(name: str, q: np.ndarray, p: np.ndarray, score: np.ndarray) -> CandidateSet:
@@ -194,16 +195,8 @@ def _via_group_tables(
     wv = weights.data
     if len(batch) == 1:
         return _one_row(name, *row_combination(top, wc, wv))
-    starts = top.indptr[wc].astype(np.int64)
-    sizes = top.indptr[wc + 1].astype(np.int64) - starts
-    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-    q = np.repeat(wq, sizes)
-    p = top.indices[take].astype(np.int64)
-    v = np.repeat(wv, sizes) * top.data[take]
-    key = q * snapshot.n_products + p
-    uniq, inv = np.unique(key, return_inverse=True)
-    sums = np.bincount(inv, weights=v) if len(uniq) else np.zeros(0)
-    return _positive(name, uniq // snapshot.n_products, uniq % snapshot.n_products, sums)
+    entry, p, v = gather_rows(top, wc)
+    return _positive(name, *summed_pairs(wq[entry], p, wv[entry] * v, snapshot.n_products))
 
 
 def candidates_from_category_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
@@ -244,13 +237,11 @@ def candidates_from_segment_popular(batch: QueryBatch, snapshot: FeatureSnapshot
     pop = snapshot.products.long_popularity
     seg_table = snapshot.top.segment_top.matrix
     known = np.flatnonzero(seg >= 0)
-    starts = seg_table.indptr[seg[known]].astype(np.int64)
-    sizes = seg_table.indptr[seg[known] + 1].astype(np.int64) - starts
-    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
+    kq, kp, kv = gather_rows(seg_table, seg[known], known)
     unknown = np.flatnonzero(seg < 0)
-    q = np.concatenate([np.repeat(known, sizes), np.repeat(unknown, len(top))]).astype(np.int64)
-    p = np.concatenate([seg_table.indices[take], np.tile(top, len(unknown))]).astype(np.int64)
-    v = np.concatenate([seg_table.data[take], np.tile(pop[top], len(unknown))])
+    q = np.concatenate([kq, np.repeat(unknown, len(top))]).astype(np.int64)
+    p = np.concatenate([kp, np.tile(top, len(unknown))]).astype(np.int64)
+    v = np.concatenate([kv, np.tile(pop[top], len(unknown))])
     order = np.lexsort((p, q))
     return _positive("segment_popular", q[order], p[order], v[order])
 
@@ -310,17 +301,8 @@ def candidates_from_neighbours(batch: QueryBatch, snapshot: FeatureSnapshot) -> 
     q, nb, sim = q[not_self], nb[not_self], sim[not_self]
     keep = rank_within(q, -np.arange(len(q), dtype=np.float64)) <= cfg.neighbours
     q, nb, sim = q[keep], nb[keep], sim[keep]
-    table = snapshot.history.frequency.matrix
-    starts = table.indptr[nb].astype(np.int64)
-    sizes = table.indptr[nb + 1].astype(np.int64) - starts
-    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-    qq = np.repeat(q, sizes)
-    pp = table.indices[take].astype(np.int64)
-    vv = np.repeat(sim, sizes) * table.data[take]
-    key = qq * snapshot.n_products + pp
-    uniq, inv = np.unique(key, return_inverse=True)
-    sums = np.bincount(inv, weights=vv) if len(uniq) else np.zeros(0)
-    return _positive("neighbours", uniq // snapshot.n_products, uniq % snapshot.n_products, sums)
+    entry, p, v = gather_rows(snapshot.history.frequency.matrix, nb)
+    return _positive("neighbours", *summed_pairs(q[entry], p, sim[entry] * v, snapshot.n_products))
 
 
 # --------------------------------------------------------------------------- upsell
@@ -332,16 +314,10 @@ def upsell_universe(batch: QueryBatch, snapshot: FeatureSnapshot) -> tuple[np.nd
     Returns:
         ``(query, product, 1 + popularity share)`` sorted by query then product.
     """
-    table = snapshot.pairs.upsell_pairs.matrix
     has = np.flatnonzero(batch.anchor >= 0)
-    anchor = batch.anchor[has]
-    starts = table.indptr[anchor].astype(np.int64)
-    sizes = table.indptr[anchor + 1].astype(np.int64) - starts
-    take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
-    q = np.repeat(has.astype(np.int64), sizes)
-    p = table.indices[take].astype(np.int64)
+    q, p, v = gather_rows(snapshot.pairs.upsell_pairs.matrix, batch.anchor[has], has)
     order = np.lexsort((p, q))
-    return q[order], p[order], table.data[take][order]
+    return q[order], p[order], v[order]
 
 
 UpsellScore = Callable[
