@@ -31,6 +31,7 @@ from features.arrays import (
 from features.batch import QueryBatch
 from features.data import schema as s
 from features.latent import top_by_vector
+from features.registry import Registry
 from features.snapshot import FeatureSnapshot
 
 
@@ -80,19 +81,8 @@ class Source:
 
 
 NO_PRODUCT_REASON = "popular with customers like you"
-SOURCES: dict[str, Source] = {}
-
-
-def register_source(source: Source) -> Source:
-    """Add ``source`` to the registry.
-
-    Raises:
-        ValueError: A source of that name exists already.
-    """
-    if source.name in SOURCES:
-        raise ValueError(f"candidate source {source.name!r} is registered twice")
-    SOURCES[source.name] = source
-    return source
+SOURCES: Registry[Source] = Registry("candidate source")
+register_source = SOURCES.register
 
 
 def sources_for(task: str) -> tuple[Source, ...]:

@@ -18,6 +18,7 @@ from features.columns import source_columns
 from features.config import FeatureConfig
 from features.data.io import Shop
 from features.queries import LabelledQueries
+from features.registry import Registry
 from features.rules import Rule
 from features.sources import source_names
 
@@ -140,31 +141,9 @@ class Task:
         return self.queries(shop, start=start, end=end, config=config)
 
 
-TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> Task:
-    """Add ``task`` to the registry.
-
-    Raises:
-        ValueError: A task of that name exists already.
-    """
-    if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} is registered twice")
-    TASKS[task.name] = task
-    return task
-
-
-def get_task(name: str) -> Task:
-    """The task called ``name``.
-
-    Raises:
-        ValueError: No such task.
-    """
-    try:
-        return TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; expected one of {task_names()}") from None
+TASKS: Registry[Task] = Registry("task")
+register_task = TASKS.register
+get_task = TASKS.get_named
 
 
 def all_tasks() -> tuple[Task, ...]:
