@@ -1,7 +1,7 @@
 """Rolling backtest: train and evaluate on consecutive test windows, one MLflow run per fold.
 
     python -m benchmarks.backtest --data DIR [--folds 3] [--test-days 28] [--config FILE]
-        [--drop-consumable] [--store DIR]
+        [--drop-consumable] [--store DIR] [--only-fold N]
 
 Fold ``i`` trains on data before ``last - (folds - i) * test_days`` and tests on the next
 ``test_days``: the same job as ``xsell train --train-until``, registered under its own model
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--drop-consumable", action="store_true")
     parser.add_argument("--store", type=Path, default=None, help="MLflow store folder")
     parser.add_argument("--label", default=None)
+    parser.add_argument("--only-fold", type=int, default=None, help="run just this fold (1-based)")
     args = parser.parse_args()
     cfg = TrainConfig.from_yaml(args.config)
     cfg = cfg.model_copy(
@@ -101,7 +102,8 @@ def main() -> None:
     store = args.store or work / "mlruns"
     last = load_shop(data).time_range()[1].normalize()
     table = []
-    for fold in range(1, args.folds + 1):
+    folds = range(1, args.folds + 1) if args.only_fold is None else [args.only_fold]
+    for fold in folds:
         until = last - pd.Timedelta(days=(args.folds - fold + 1) * args.test_days)
         start = time.perf_counter()
         result = train(
