@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= data/demo
 DEMO_CUSTOMERS ?= 5000
+# `make test` installs Debian's Chromium for the browser test (Playwright cannot download one).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: install demo test test-all lint lock clean
 
@@ -22,6 +24,7 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/python -m pytest
 
 test-all: install

@@ -1,4 +1,5 @@
-"""``python -m serving --model URI --host H --port P --workers N``: what ``xsell serve`` runs.
+"""``python -m serving --model URI --host H --port P --workers N [--access-log]``: what
+``xsell serve`` runs.
 
 The CLI (in ``training/``) starts this in a child process, so training never imports serving.
 """
@@ -18,9 +19,18 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--access-log", action="store_true", help="log one line per request (off by default)"
+    )
     args = parser.parse_args()
     try:
-        serve(model=args.model, host=args.host, port=args.port, workers=args.workers)
+        serve(
+            model=args.model,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            access_log=args.access_log,
+        )
     except ValueError as exc:  # a model that cannot be loaded: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

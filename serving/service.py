@@ -15,10 +15,12 @@ Endpoints (JSON bodies are the request objects themselves, fields at the top lev
   candidate source proposes)
 - ``GET /healthz`` (alive), ``GET /readyz`` (model loaded): BentoML's own probes
 - ``GET /model``: version, run id, training data range, headline metrics
+- ``GET /docs.json``: the OpenAPI document, every answer declared (:mod:`serving.openapi`)
 
 Bad input answers 400 (pydantic errors name the field in ``detail[].loc`` or the message),
 413 (body over :data:`MAX_BODY_BYTES`) or 415 (a body that is not JSON); unknown customers and
-products are not errors (``fallback`` and ``warnings``).
+products are not errors (``fallback`` and ``warnings``). A rejected request logs one line, no
+traceback (:mod:`serving.logs`); the per-request access log is off unless ``--access-log``.
 
 The API methods are ``async`` on purpose: a request is ~2 ms of CPU-bound NumPy/LightGBM work
 that would gain nothing from a thread, and BentoML's thread hand-off (with the GIL held by the
@@ -45,12 +47,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from features.data import schema as s
 from features.recommend import QueryResult, placement_defaults
 from features.tasks import get_task, task_names, tasks_at
+from serving.logs import log_rejected, quiet_client_errors
+from serving.openapi import openapi_document
+from serving.preview import preview_page  # GET /preview (HTML page)
 from training.model import XsellModel, export_model, load_serving_model
 
 log = logging.getLogger(__name__)
 
 MODEL_URI_ENV = "XSELL_MODEL_URI"
 WORKERS_ENV = "XSELL_WORKERS"
+ACCESS_LOG_ENV = "XSELL_ACCESS_LOG"  # "1": BentoML logs one line per request
 DEFAULT_MODEL_URI = "models:/xsell-ranker@champion"
 # The folder `xsell export-model` writes and bentofile.yaml packages into a bento.
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "bento_model"
@@ -219,8 +225,13 @@ def default_model_uri() -> str:
     return str(BUNDLED_MODEL) if BUNDLED_MODEL.is_dir() else DEFAULT_MODEL_URI
 
 
-def serve(*, model: str | None, host: str, port: int, workers: int) -> None:
+def serve(
+    *, model: str | None, host: str, port: int, workers: int, access_log: bool = False
+) -> None:
     """Run the service on ``host:port`` until interrupted (``xsell serve``).
+
+    ``access_log``: BentoML's one line per request (off by default: rejected requests still
+    log one line each, see :mod:`serving.logs`).
 
     An MLflow URI is resolved and downloaded once, here, into a temporary folder that every
     worker loads (and that is deleted on exit); a folder is served as it is.
@@ -234,8 +245,11 @@ def serve(*, model: str | None, host: str, port: int, workers: int) -> None:
             folder, _ = export_model(uri, Path(tmp) / "model")
         os.environ[MODEL_URI_ENV] = str(folder)
         os.environ[WORKERS_ENV] = str(workers)
+        # Workers import this module afresh: the service config reads the variables.
+        os.environ[ACCESS_LOG_ENV] = "1" if access_log else "0"
         # @bentoml.service makes the class a Service; mypy ignores class decorators.
         XsellService.config["workers"] = workers  # type: ignore[attr-defined]
+        XsellService.config["logging"] = _logging_config()  # type: ignore[attr-defined]
         XsellService.serve_http(host=host, port=port)  # type: ignore[attr-defined]
 
 
@@ -287,14 +301,13 @@ class RequestGuard:
         media = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
         length = headers.get(b"content-length", b"0")
         if media not in (b"application/json", b""):
-            response = JSONResponse({"error": "the body must be JSON (application/json)"}, 415)
+            status, error = 415, "the body must be JSON (application/json)"
         elif not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            response = JSONResponse(
-                {"error": f"the body must be at most {MAX_BODY_BYTES} bytes"}, 413
-            )
+            status, error = 413, f"the body must be at most {MAX_BODY_BYTES} bytes"
         else:
             return await self.app(scope, receive, send)
-        await response(scope, receive, send)
+        log_rejected(status, "POST", scope["path"], error)
+        await JSONResponse({"error": error}, status)(scope, receive, send)
 
 
 async def _model_info(request: Request) -> JSONResponse:
@@ -302,13 +315,33 @@ async def _model_info(request: Request) -> JSONResponse:
     return JSONResponse(model_card(service.model, service.version))
 
 
-info_app = Starlette(routes=[Route("/model", _model_info, methods=["GET"])])
+async def _openapi(request: Request) -> JSONResponse:
+    """``GET /docs.json``: BentoML's document corrected (:mod:`serving.openapi`); this route
+    of the mounted app is matched before BentoML's own ``/docs.json``."""
+    return JSONResponse(openapi_document(XsellService))
+
+
+def _logging_config() -> dict[str, Any]:
+    """BentoML's ``logging`` service config: access log only when ``$XSELL_ACCESS_LOG`` is 1."""
+    return {"access": {"enabled": os.environ.get(ACCESS_LOG_ENV) == "1"}}
+
+
+# -- preview page (serving/preview.py): GET /preview mounted next to /model
+info_app = Starlette(
+    routes=[
+        Route("/docs.json", _openapi, methods=["GET"]),
+        Route("/model", _model_info, methods=["GET"]),
+        Route("/preview", preview_page, methods=["GET"]),
+    ]
+)
+# -- end preview page
 
 
 @bentoml.service(
     name="xsell",
     workers=int(os.environ.get(WORKERS_ENV, "1")),
     traffic={"timeout": 10},
+    logging=_logging_config(),
 )
 @bentoml.asgi_app(info_app, path="/")
 class XsellService:
@@ -364,3 +397,4 @@ class XsellService:
 
 
 XsellService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # a Service
+quiet_client_errors()  # a 4xx logs one line, not BentoML's traceback

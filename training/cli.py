@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -25,6 +24,21 @@ app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 
 Format = Annotated[str, typer.Option("--format", help="parquet or csv")]
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the libraries' logs, warnings and progress bars too"
+        ),
+    ] = False,
+) -> None:
+    """Cross-sell and upsell ranking for shops."""
+    from training.output import configure_output
+
+    configure_output(verbose)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -74,16 +88,37 @@ def import_completejourney_cmd(
     typer.echo(f"wrote Complete Journey to {out}: {summary}")
 
 
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line (multi-line messages, e.g. YAML's, are joined)."""
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
 def main() -> None:
-    """Console-script entry point: friendly errors instead of tracebacks for bad data."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Console-script entry point: every expected failure is one line and exit code 2, never
+    a traceback (bad data, bad config or path, missing optional package, unknown model)."""
+    import yaml
+
     try:
         app()
     except DataValidationError as exc:
         typer.secho(f"invalid data: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except (ValueError, OSError) as exc:  # bad config, queries file, model URI, ...
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    except yaml.YAMLError as exc:
+        typer.secho(f"error: bad YAML config: {_one_line(exc)}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except (ValueError, OSError, ImportError) as exc:  # config, paths, model URI, extras, ...
+        typer.secho(f"error: {_one_line(exc)}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.RED, err=True)
+        sys.exit(130)
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(exc, MlflowException):
+            raise
+        typer.secho(f"error: {_one_line(exc)}", fg=typer.colors.RED, err=True)
         sys.exit(2)
 
 
@@ -110,9 +145,10 @@ def _summary_table(result: TrainResult) -> None:
         if task not in result.evaluations:
             typer.echo(f"{task:<11} {'(no holdout queries)':>14}  served policy {policy}")
     verdict = "promoted to champion" if result.promoted else "not promoted"
-    typer.echo(
-        f"\nregistered version {result.version} (alias challenger): {verdict}: {result.reason}"
-    )
+    reason = result.reason.removeprefix("not promoted: ")
+    typer.echo(f"\nregistered version {result.version} (alias challenger): {verdict}: {reason}")
+    if result.version > 1:
+        typer.echo(f"compare: xsell compare {result.version - 1} {result.version}")
 
 
 @app.command("train")
@@ -129,6 +165,7 @@ def train_cmd(
     import pandas as pd
 
     from training.config import TrainConfig
+    from training.progress import Progress
     from training.train import train
 
     cfg = TrainConfig.from_yaml(config)
@@ -137,7 +174,7 @@ def train_cmd(
         config=cfg,
         train_until=pd.Timestamp(train_until) if train_until else None,
         experiment=experiment,
-        progress=lambda msg: typer.echo(f"  .. {msg}"),
+        progress=Progress(lambda msg: typer.echo(f"  .. {msg}"), bars=None),  # bars on a tty
     )
     _summary_table(result)
     typer.echo(f"run {result.run_id}")
@@ -162,6 +199,7 @@ def evaluate_cmd(
     from features.data.io import load_shop
     from training.evaluate import evaluate_model, holdout_sets
     from training.model import load_model
+    from training.progress import Progress
     from training.tracking import use_store
 
     use_store()
@@ -169,7 +207,12 @@ def evaluate_cmd(
     shop = load_shop(data)
     lo = pd.Timestamp(start) if start else xm.snapshot.as_of_timestamp
     hi = pd.Timestamp(end) if end else shop.time_range()[1] + pd.Timedelta(seconds=1)
-    evals = evaluate_model(xm, holdout_sets(xm, shop, start=lo, end=hi, seed=0))
+    report = Progress(typer.echo, bars=None)  # a bar with an ETA on a terminal
+    with report.step("evaluating", 2 * len(xm.tasks), unit="steps") as step:
+        sets = holdout_sets(
+            xm, shop, start=lo, end=hi, seed=0, progress=lambda t: step.advance(note=t)
+        )
+        evals = evaluate_model(xm, sets, progress=lambda t: step.advance(note=t))
     for task, ev in evals.items():
         typer.echo(
             f"{task}: {int(ev.metrics['n_queries'])} queries, candidate recall "
@@ -205,6 +248,25 @@ def promote_cmd(
     tracker = Tracker(experiment=None)
     previous = tracker.promote(name, version)
     typer.echo(f"{name} version {version} is now champion (was {previous})")
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[int, typer.Argument(help="First registered version")],
+    b: Annotated[int, typer.Argument(help="Second registered version")],
+    name: Annotated[str, typer.Option(help="Registered model name")] = "xsell-ranker",
+    ui: Annotated[str, typer.Option(help="MLflow UI address for the links")] = (
+        "http://127.0.0.1:5000"
+    ),
+) -> None:
+    """Two registered versions side by side: served policies, headline metrics, data range,
+    description; and the MLflow UI links that compare them."""
+    from training.compare import comparison_lines
+    from training.tracking import Tracker
+
+    tracker = Tracker(experiment=None)
+    for line in comparison_lines(tracker, name, a, b, ui=ui):
+        typer.echo(line)
 
 
 @app.command("recommend")
@@ -292,6 +354,9 @@ def serve_cmd(
         typer.Option(help="Model URI or folder [default: $XSELL_MODEL_URI or the champion]"),
     ] = None,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes (one model each)")] = 1,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log one line per request (BentoML access log)")
+    ] = False,
 ) -> None:
     """Start the prediction API (BentoML) on one model version; Ctrl-C to stop."""
     import subprocess
@@ -299,6 +364,7 @@ def serve_cmd(
     typer.echo(f"xsell API on http://{host}:{port} (POST /recommend, /rank; GET /model)")
     cmd = [sys.executable, "-m", "serving", "--host", host, "--port", str(port)]
     cmd += ["--workers", str(workers), *(["--model", model] if model else [])]
+    cmd += ["--access-log"] if access_log else []
     try:
         code = subprocess.run(cmd, check=False).returncode
     except KeyboardInterrupt:

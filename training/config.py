@@ -59,7 +59,13 @@ class TrainConfig(BaseModel):
         """Load a YAML file (None: defaults). Unknown keys are an error."""
         if path is None:
             return cls()
-        data: Any = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            data: Any = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"{path}: not valid YAML{where}: {problem}") from exc
         if not isinstance(data, dict):
             raise ValueError(f"{path}: the config must be a mapping")
         return cls.model_validate(data)

@@ -8,6 +8,7 @@ the best baseline by ``margin``; otherwise by that baseline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -208,11 +209,18 @@ def source_contribution(ts: TaskSet, q: np.ndarray, score: np.ndarray, *, k: int
 
 
 def holdout_sets(
-    model: XsellModel, shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, seed: int
+    model: XsellModel,
+    shop: Shop,
+    *,
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    seed: int,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, TaskSet]:
     """The holdout task sets of a model: queries in ``[start, end)`` against its snapshot.
 
     Tasks without a labelled holdout query are left out (the caller reports them).
+    ``progress`` is called with the task name after each task.
 
     Raises:
         ValueError: The model's snapshot is later than ``start`` (it would see the holdout).
@@ -238,17 +246,28 @@ def holdout_sets(
         except ValueError as exc:
             if "no labelled queries" not in str(exc):
                 raise
+        if progress is not None:
+            progress(task.name)
     return sets
 
 
 def evaluate_model(
-    model: XsellModel, sets: dict[str, TaskSet], *, primary: str = "ndcg_at_10"
+    model: XsellModel,
+    sets: dict[str, TaskSet],
+    *,
+    primary: str = "ndcg_at_10",
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, TaskEvaluation]:
-    """Score each holdout task set with the model's rankers (where it has one) and evaluate."""
+    """Score each holdout task set with the model's rankers (where it has one) and evaluate.
+
+    ``progress`` is called with the task name after each task.
+    """
     out = {}
     for task, ts in sets.items():
         score = model.ranker_score(ts.X, task, num_threads=2) if task in model.boosters else None
         out[task] = evaluate_task(ts, score, model.snapshot, primary=primary)
+        if progress is not None:
+            progress(task)
     return out
 
 
@@ -260,3 +279,116 @@ def served_metrics(
         f"{task}.served.{primary}": ev.value(model.policy(task), primary)
         for task, ev in evals.items()
     }
+
+
+# --------------------------------------------------------------------------- headline and tables
+
+HEADLINE_K = 10
+# The headline metrics logged per task as ``<task>.<name>`` (see :func:`headline_metrics`).
+HEADLINE_METRICS = (
+    f"served.ndcg_at_{HEADLINE_K}",
+    f"ndcg_at_{HEADLINE_K}",
+    f"hit_rate_at_{HEADLINE_K}",
+    "lift_over_best_baseline",
+    "candidate_recall",
+    "served_is_ranker",
+)
+
+
+def headline_metrics(model: XsellModel, evals: dict[str, TaskEvaluation]) -> dict[str, float]:
+    """The few metrics per task logged as MLflow metrics (stable names, comparable at a glance).
+
+    Per task: ``<task>.ndcg_at_10`` and ``<task>.hit_rate_at_10`` (the ranker's),
+    ``<task>.served.ndcg_at_10`` (the served policy's), ``<task>.lift_over_best_baseline``
+    (ranker NDCG@10 / best baseline NDCG@10), ``<task>.candidate_recall`` and
+    ``<task>.served_is_ranker`` (1 or 0). A task without a ranker has no ranker figures (they
+    would be NaN): its served figures and candidate recall remain. Everything else goes to the
+    tables of :func:`baseline_table`, :func:`item_kind_table` and :func:`metric_table`.
+    """
+    ndcg, hit = f"ndcg_at_{HEADLINE_K}", f"hit_rate_at_{HEADLINE_K}"
+    out: dict[str, float] = {}
+    for task, ev in evals.items():
+        policy = model.policy(task)
+        best = ev.value(f"{BASELINE_PREFIX}{ev.best_baseline}", ndcg)
+        ranker = ev.value(RANKER, ndcg)
+        values = {
+            ndcg: ranker,
+            f"served.{ndcg}": ev.value(policy, ndcg),
+            hit: ev.value(RANKER, hit),
+            "lift_over_best_baseline": ranker / best if best > 0 else float("nan"),
+            "candidate_recall": ev.metrics["candidate_recall"],
+            "served_is_ranker": float(policy == RANKER),
+        }
+        out.update({f"{task}.{k}": float(v) for k, v in values.items() if np.isfinite(v)})
+    return out
+
+
+def _ranking_keys(ev: TaskEvaluation) -> list[str]:
+    """The per-policy ranking metric names (those every baseline has), in a stable order."""
+    prefix = f"baseline_{ev.best_baseline}."
+    return [k.removeprefix(prefix) for k in ev.metrics if k.startswith(prefix)]
+
+
+def baseline_table(ev: TaskEvaluation, served: str) -> pd.DataFrame:
+    """The ranker and every baseline of one task on the same holdout, one row each.
+
+    Columns: ``policy`` (``ranker`` or ``baseline:<name>``), ``best_baseline`` and ``served``
+    flags, then every ranking metric (NDCG, MAP, recall and hit rate at each k, MRR). Rows are
+    sorted by NDCG@10, best first; the ranker's row is left out when the task has no ranker.
+    """
+    keys = _ranking_keys(ev)
+    names = sorted(
+        {
+            k.split(".", 1)[0].removeprefix("baseline_")
+            for k in ev.metrics
+            if k.startswith("baseline_")
+        }
+    )
+    rows = []
+    if ev.has_ranker:
+        rows.append({"policy": RANKER, **{k: ev.metrics.get(k, np.nan) for k in keys}})
+    for name in names:
+        rows.append(
+            {
+                "policy": f"{BASELINE_PREFIX}{name}",
+                **{k: ev.metrics.get(f"baseline_{name}.{k}", np.nan) for k in keys},
+            }
+        )
+    table = pd.DataFrame(rows, columns=["policy", *keys])
+    table.insert(1, "best_baseline", table["policy"] == f"{BASELINE_PREFIX}{ev.best_baseline}")
+    table.insert(2, "served", table["policy"] == served)
+    sort = f"ndcg_at_{HEADLINE_K}" if f"ndcg_at_{HEADLINE_K}" in table else "policy"
+    return table.sort_values(sort, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def item_kind_table(ev: TaskEvaluation) -> pd.DataFrame:
+    """Ranker and best baseline on new items and on re-bought items, one row per (kind, policy).
+
+    Columns: ``item_kind``, ``policy``, ``n_queries``, ``candidate_recall`` and the sliced
+    ranking metrics (e.g. ``ndcg_at_10``, ``hit_rate_at_10``, ``recall_at_10``).
+    """
+    rows = []
+    for kind in ITEM_KINDS:
+        base = {
+            "item_kind": kind,
+            "n_queries": ev.metrics.get(f"{kind}.n_queries", np.nan),
+            "candidate_recall": ev.metrics.get(f"{kind}.candidate_recall", np.nan),
+        }
+        for policy, prefix in (
+            (RANKER, f"{kind}."),
+            (f"{BASELINE_PREFIX}{ev.best_baseline}", f"{kind}.baseline_{ev.best_baseline}."),
+        ):
+            values = {
+                k.removeprefix(prefix): v
+                for k, v in ev.metrics.items()
+                if k.startswith(prefix) and "." not in k.removeprefix(prefix)
+            }
+            values = {k: v for k, v in values.items() if k not in ("n_queries", "candidate_recall")}
+            if values:
+                rows.append({**base, "policy": policy, **values})
+    return pd.DataFrame(rows)
+
+
+def metric_table(ev: TaskEvaluation) -> pd.DataFrame:
+    """Every figure of :attr:`TaskEvaluation.metrics` as ``metric, value`` rows (nothing lost)."""
+    return pd.DataFrame({"metric": list(ev.metrics), "value": list(ev.metrics.values())})

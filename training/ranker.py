@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 
 import lightgbm as lgb
 import numpy as np
@@ -62,8 +63,13 @@ def fit_ranker(
     categorical: list[str],
     config: RankerConfig,
     seed: int,
+    callbacks: Sequence[Callable[..., None]] = (),
 ) -> lgb.Booster:
-    """Fit a LightGBM lambdarank ranker, early-stopped on the validation window's NDCG@10."""
+    """Fit a LightGBM lambdarank ranker, early-stopped on the validation window's NDCG@10.
+
+    ``callbacks`` are extra LightGBM callbacks (called once per boosting round), e.g. a
+    progress bar.
+    """
     train_set = _dataset(fit, categorical, None)
     valid_set = _dataset(valid, categorical, train_set)
     params = {
@@ -90,7 +96,10 @@ def fit_ranker(
         num_boost_round=config.max_rounds,
         valid_sets=[valid_set],
         valid_names=["validation"],
-        callbacks=[lgb.early_stopping(config.early_stopping_rounds, verbose=False)],
+        callbacks=[
+            lgb.early_stopping(config.early_stopping_rounds, verbose=False),
+            *callbacks,
+        ],
     )
     log.info("%s: best iteration %d", fit.task, booster.best_iteration)
     return booster

@@ -45,6 +45,13 @@ DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "artifacts"
 MODEL_ARTIFACT_KEY = "model_dir"
 
+# The experiment tag MLflow 3's UI reads to pick an experiment's kind and its first tab: without
+# it the UI infers a kind and may open the GenAI overview (traces, tokens); with
+# ``custom_model_development`` it opens the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
 # MLflow's own limits (mlflow.utils.validation) and name rule for params and metrics.
 MAX_PARAM_VALUE_LENGTH = 6000
 MAX_TAG_VALUE_LENGTH = 8000
@@ -316,12 +323,18 @@ class Tracker:
                 artifacts.mkdir(parents=True, exist_ok=True)
                 location = artifacts.as_uri()
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=location
+                experiment,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         else:
             if found.lifecycle_stage == LifecycleStage.DELETED:
                 self.client.restore_experiment(found.experiment_id)
             self.experiment_id = found.experiment_id
+            if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # made before this tag
+                self.client.set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                )
 
     # ---- runs
 
@@ -520,7 +533,10 @@ class Tracker:
         """
         import mlflow
 
-        return int(mlflow.register_model(model_uri, name).version)
+        from training.output import mlflow_prints
+
+        with mlflow_prints():  # MLflow prints "Created version ..." to stderr
+            return int(mlflow.register_model(model_uri, name).version)
 
     def describe_version(
         self, name: str, version: int, description: str, tags: Mapping[str, Any] | None = None
@@ -576,3 +592,49 @@ class Tracker:
     def version_run_id(self, name: str, version: int) -> str | None:
         """The run that produced model version ``version`` of ``name``."""
         return self.client.get_model_version(name, str(version)).run_id
+
+    def get_version(self, name: str, version: int) -> ModelVersion:
+        """Model version ``version`` of ``name``.
+
+        Raises:
+            ValueError: No such model or version (one clear message, for the CLI).
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version(name, str(version))
+        except MlflowException as exc:
+            raise ValueError(f"no version {version} of registered model {name!r}") from exc
+
+
+def _json_param(value: Any) -> str:
+    """A JSON query value, percent-encoded so that terminals keep the link clickable (the UI
+    decodes it with ``qs.parse`` before ``JSON.parse``)."""
+    import json
+    from urllib.parse import quote
+
+    return quote(json.dumps(value, separators=(",", ":")), safe=",:")
+
+
+def compare_runs_url(
+    run_ids: Sequence[str], experiment_ids: Sequence[str], ui: str = DEFAULT_UI_URL
+) -> str:
+    """The MLflow UI's compare-runs view of ``run_ids`` (MLflow 3's hash route).
+
+    The UI builds it as ``#/compare-runs?runs=<JSON list>&experiments=<JSON list>``
+    (``Routes.getCompareRunPageRoute``); experiment ids are listed once each, in order.
+    """
+    experiments = list(dict.fromkeys(experiment_ids))
+    runs, exps = _json_param(list(run_ids)), _json_param(experiments)
+    return f"{ui.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}"
+
+
+def compare_versions_url(
+    name: str, runs_by_version: Mapping[int | str, str], ui: str = DEFAULT_UI_URL
+) -> str:
+    """The MLflow UI's compare-model-versions view (``#/compare-model-versions?name=..&runs=..``,
+    ``ModelRegistryRoutes.getCompareModelVersionsPageRoute``)."""
+    from urllib.parse import quote
+
+    runs = _json_param({str(k): v for k, v in runs_by_version.items()})
+    return f"{ui.rstrip('/')}/#/compare-model-versions?name={_json_param(quote(name))}&runs={runs}"

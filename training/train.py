@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
-from features.pipeline import TaskSet, build_task_set, calibrate_source_weights
+from features.pipeline import TaskSet, build_task_set, calibrate_source_weights, cutoffs
 from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
 from features.snapshot import FeatureSnapshot, build_snapshot
 from features.tasks import all_tasks
@@ -31,12 +31,17 @@ from training.config import TrainConfig
 from training.evaluate import (
     KS,
     TaskEvaluation,
+    baseline_table,
     choose_policy,
     evaluate_model,
+    headline_metrics,
     holdout_sets,
+    item_kind_table,
+    metric_table,
     served_metrics,
 )
 from training.model import XsellPyfunc, load_model
+from training.progress import Progress
 from training.ranker import fit_ranker
 from training.tracking import CHALLENGER, CHAMPION, Tracker, promotion_decision
 
@@ -117,6 +122,7 @@ def git_commit() -> str:
 
 
 def _flat(evals: dict[str, TaskEvaluation]) -> dict[str, float]:
+    """Every metric of every task, ``<task>.<name>`` (hundreds: for tables, not MLflow metrics)."""
     return {f"{task}.{k}": v for task, ev in evals.items() for k, v in ev.metrics.items()}
 
 
@@ -153,6 +159,22 @@ def _metric_vs_k_figure(evals: dict[str, TaskEvaluation]) -> Figure:
     return fig
 
 
+def _baselines_figure(model: XsellModel, evals: dict[str, TaskEvaluation]) -> Figure:
+    """NDCG@10 of the ranker and of every baseline, per task (the served policy highlighted)."""
+    fig = Figure(figsize=(6 * len(evals), 6))
+    axes = fig.subplots(1, len(evals))
+    for ax, (task, ev) in zip(np.atleast_1d(axes), evals.items(), strict=True):
+        table = baseline_table(ev, model.policy(task)).iloc[::-1]
+        colors = ["tab:orange" if served else "tab:blue" for served in table["served"]]
+        ax.barh(
+            table["policy"].str.removeprefix(BASELINE_PREFIX), table["ndcg_at_10"], color=colors
+        )
+        ax.set_xlabel("NDCG@10")
+        ax.set_title(f"{task}: ranker vs baselines (served in orange)")
+    fig.tight_layout()
+    return fig
+
+
 def fit_and_validation_sets(
     shop: Shop,
     *,
@@ -160,34 +182,38 @@ def fit_and_validation_sets(
     config: TrainConfig,
     split: Split,
     snapshots: dict[pd.Timestamp, FeatureSnapshot],
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | Callable[[str], None] | None = None,
 ) -> dict[str, TaskSet]:
-    """The ``fit`` and ``validation`` task sets of a split (rolling cut-offs, shared cache)."""
+    """The ``fit`` and ``validation`` task sets of a split (rolling cut-offs, shared cache).
+
+    ``progress``: a message per set and, with bars, one bar per set over its cut-offs.
+    """
+    report = Progress.of(progress)
     sets = {}
     for name, lo, hi in (
         ("fit", split.fit_start, split.valid_start),
         ("validation", split.valid_start, split.valid_end),
     ):
-        if progress is not None:
-            progress(f"{task}: building {name} features")
-        sets[name] = build_task_set(
-            shop,
-            task=task,
-            start=lo,
-            end=hi,
-            config=config.features,
-            step_days=config.split.step_days,
-            max_queries_per_cutoff=config.split.max_queries_per_cutoff,
-            seed=config.seed,
-            snapshots=snapshots,
-            progress=progress,
-        )
+        n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+        if not report.bars:
+            report(f"{task}: building {name} features ({n_cutoffs} cut-offs)")
+        with report.cutoffs(f"{task} {name} features", n_cutoffs) as per_cutoff:
+            sets[name] = build_task_set(
+                shop,
+                task=task,
+                start=lo,
+                end=hi,
+                config=config.features,
+                step_days=config.split.step_days,
+                max_queries_per_cutoff=config.split.max_queries_per_cutoff,
+                seed=config.seed,
+                snapshots=snapshots,
+                progress=per_cutoff,
+            )
     return sets
 
 
-def _calibrated(
-    shop: Shop, cfg: TrainConfig, split: Split, say: Callable[[str], None]
-) -> TrainConfig:
+def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> TrainConfig:
     """``cfg`` with the candidate merge weights measured on the first fit step (unless the
     configuration fixes them)."""
     if cfg.features.source_weights:
@@ -195,13 +221,16 @@ def _calibrated(
     start = split.fit_start
     end = min(start + pd.Timedelta(days=cfg.split.step_days), split.valid_start)
     weights: dict[str, float] = {}
-    for task in all_tasks():
-        say(f"{task.name}: measuring each candidate source on {start.date()} .. {end.date()}")
-        weights.update(
-            calibrate_source_weights(
-                shop, task=task.name, start=start, end=end, config=cfg.features, seed=cfg.seed
+    tasks = all_tasks()
+    say(f"measuring each candidate source on {start.date()} .. {end.date()}")
+    with say.step("candidate sources", len(tasks), unit="tasks") as step:
+        for task in tasks:
+            weights.update(
+                calibrate_source_weights(
+                    shop, task=task.name, start=start, end=end, config=cfg.features, seed=cfg.seed
+                )
             )
-        )
+            step.advance(note=task.name)
     features = cfg.features.model_copy(update={"source_weights": weights})
     return cfg.model_copy(update={"features": features})
 
@@ -212,7 +241,7 @@ def _task_sets(
     config: TrainConfig,
     split: Split,
     snapshots: dict[pd.Timestamp, FeatureSnapshot],
-    say: Callable[[str], None],
+    say: Progress,
 ) -> dict[str, dict[str, TaskSet]]:
     """Fit and validation sets of every task that has labelled queries in both windows."""
     out = {}
@@ -234,19 +263,21 @@ def _fit_rankers(
     config: TrainConfig,
     snapshot: FeatureSnapshot,
     tracker: Tracker,
-    say: Callable[[str], None],
+    say: Progress,
 ) -> dict[str, lgb.Booster]:
     boosters = {}
     for task, pair in sets.items():
         say(f"{task}: fitting the ranker on {len(pair['fit']):,d} rows")
         try:
-            boosters[task] = fit_ranker(
-                pair["fit"],
-                pair["validation"],
-                categorical=list(categorical_features(snapshot)),
-                config=config.ranker,
-                seed=config.seed,
-            )
+            with say.step(f"{task} fit", config.ranker.max_rounds, unit="rounds") as step:
+                boosters[task] = fit_ranker(
+                    pair["fit"],
+                    pair["validation"],
+                    categorical=list(categorical_features(snapshot)),
+                    config=config.ranker,
+                    seed=config.seed,
+                    callbacks=[say.lightgbm_callback(step)] if say.bars else [],
+                )
         except ValueError as exc:  # no query with both a positive and a negative candidate
             say(f"{task}: no ranker ({exc}); the task is served by its best baseline")
             continue
@@ -276,7 +307,7 @@ def _policies(
 
 
 def _champion_served(
-    tracker: Tracker, cfg: TrainConfig, shop: Shop, split: Split, say: Callable[[str], None]
+    tracker: Tracker, cfg: TrainConfig, shop: Shop, split: Split, say: Progress
 ) -> tuple[dict[str, float] | None, str]:
     """The champion's served metrics on this run's holdout (None without a champion)."""
     current = tracker.get_version_by_alias(cfg.model_name, CHAMPION)
@@ -290,13 +321,68 @@ def _champion_served(
             return {}, f" (champion version {current.version} has an old format: {exc})"
         return {}, f" (champion not loadable: {exc})"
     try:
-        champ_sets = holdout_sets(
-            champ, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
-        )
-        evals = evaluate_model(champ, champ_sets, primary=cfg.primary_metric)
+        _, evals = _evaluate(champ, shop, split, cfg, say, f"champion v{current.version}")
     except (ValueError, KeyError, IndexError) as exc:
         return {}, f" (champion not comparable on this holdout: {exc})"
     return served_metrics(champ, evals, primary=cfg.primary_metric), ""
+
+
+def _evaluate(
+    model: XsellModel,
+    shop: Shop,
+    split: Split,
+    cfg: TrainConfig,
+    say: Progress,
+    label: str,
+) -> tuple[dict[str, TaskSet], dict[str, TaskEvaluation]]:
+    """Holdout sets and evaluations of ``model`` on the split's test window (one bar)."""
+    with say.step(f"evaluating {label}", 2 * len(model.tasks), unit="steps") as step:
+        sets = holdout_sets(
+            model,
+            shop,
+            start=split.train_until,
+            end=split.test_end,
+            seed=cfg.seed,
+            progress=lambda task: step.advance(note=f"{task} holdout"),
+        )
+        evals = evaluate_model(
+            model,
+            sets,
+            primary=cfg.primary_metric,
+            progress=lambda task: step.advance(note=f"{task} scored"),
+        )
+    return sets, evals
+
+
+def _log_tables(tracker: Tracker, model: XsellModel, evals: dict[str, TaskEvaluation]) -> None:
+    """Everything beyond the headline metrics, as CSV artifacts per task."""
+    for task, ev in evals.items():
+        tracker.log_table_csv(baseline_table(ev, model.policy(task)), f"{task}/baselines.csv")
+        tracker.log_table_csv(item_kind_table(ev), f"{task}/item_kinds.csv")
+        tracker.log_table_csv(metric_table(ev), f"{task}/metrics.csv")
+        tracker.log_table_csv(ev.per_segment.reset_index(), f"{task}/per_segment.csv")
+        recall = pd.DataFrame(
+            {"source": list(ev.candidate_recall), "recall": list(ev.candidate_recall.values())}
+        )
+        tracker.log_table_csv(recall, f"{task}/candidate_recall.csv")
+        if len(ev.source_contribution):
+            tracker.log_table_csv(ev.source_contribution, f"{task}/source_contribution.csv")
+
+
+def version_tags(
+    model: XsellModel, tags: dict[str, object], decision_reason: str, promote: bool
+) -> dict[str, str]:
+    """The registered version's tags: served policy per task, data range, promotion decision."""
+    return {
+        **{f"policy.{task}": policy for task, policy in model.policies.items()},
+        "data_range": str(tags["data_range"]),
+        "train_range": str(tags["train_range"]),
+        "test_range": str(tags["test_range"]),
+        "train_until": str(model.meta.get("train_until")),
+        "data_fingerprint": str(tags["data_fingerprint"]),
+        "promotion": "promoted" if promote else "not promoted",
+        "promotion.reason": decision_reason[:500],
+    }
 
 
 def version_description(
@@ -307,11 +393,15 @@ def version_description(
     lines = [
         f"data {model.meta.get('data_range')}; trained until {model.meta.get('train_until')}",
     ]
+    headline = headline_metrics(model, evals)
     for task, ev in evals.items():
         policy = model.policy(task)
         best = ev.best_baseline
+        lift = headline.get(f"{task}.lift_over_best_baseline", float("nan"))
         lines.append(
-            f"{task}: served by {policy}; ranker {key} {ev.value(RANKER, key):.4f}, "
+            f"{task}: served by {policy}; ranker {key} {ev.value(RANKER, key):.4f} "
+            f"(hit rate@10 {ev.value(RANKER, 'hit_rate_at_10'):.3f}, "
+            f"lift over best baseline {lift:.2f}), "
             f"best baseline {best} {ev.metrics[f'baseline_{best}.{key}']:.4f}, "
             f"candidate recall {ev.metrics['candidate_recall']:.3f}"
         )
@@ -326,7 +416,7 @@ def train(
     train_until: pd.Timestamp | None = None,
     root: Path | None = None,
     experiment: str | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Run the whole training job on a shop folder.
 
@@ -337,10 +427,11 @@ def train(
             are held out).
         root: MLflow store folder (default: ``MLFLOW_TRACKING_URI`` or the repo's ``mlruns/``).
         experiment: Experiment name (default: ``xsell-<data folder name>``).
-        progress: Called with short progress messages.
+        progress: Called with short progress messages; a :class:`Progress` may also draw
+            bars with an ETA for the long steps.
     """
     cfg = config or TrainConfig()
-    say = progress or (lambda msg: log.info(msg))
+    say = Progress.of(progress if progress is not None else log.info)
     data = Path(data)
     shop = load_shop(data)
     split = make_split(shop, cfg, train_until)
@@ -386,30 +477,24 @@ def train(
             },
         )
         say("evaluating on the holdout")
-        holdout = holdout_sets(
-            model, shop, start=split.train_until, end=split.test_end, seed=cfg.seed
-        )
-        evals = evaluate_model(model, holdout, primary=cfg.primary_metric)
+        holdout, evals = _evaluate(model, shop, split, cfg, say, "the new model")
         model.policies = _policies(model, evals, cfg)
         flat = _flat(evals)
         served = served_metrics(model, evals, primary=cfg.primary_metric)
-        tracker.log_metrics({**flat, **served})
+        # a few headline metrics per task; the rest as tables (comparable at a glance in MLflow)
+        tracker.log_metrics(
+            {
+                **headline_metrics(model, evals),
+                **{k: v for k, v in served.items() if np.isfinite(v)},
+            }
+        )
         tracker.set_tags({f"policy.{task}": policy for task, policy in model.policies.items()})
-        for task, ev in evals.items():
-            tracker.log_table_csv(ev.per_segment.reset_index(), f"{task}/per_segment.csv")
-            recall = pd.DataFrame(
-                {"source": list(ev.candidate_recall), "recall": list(ev.candidate_recall.values())}
-            )
-            tracker.log_table_csv(recall, f"{task}/candidate_recall.csv")
-            if len(ev.source_contribution):
-                tracker.log_table_csv(ev.source_contribution, f"{task}/source_contribution.csv")
-            tracker.log_metrics(
-                {f"{task}.candidate_recall.{k}": v for k, v in ev.candidate_recall.items()}
-            )
-            tracker.set_tags({f"{task}.best_baseline": ev.best_baseline})
+        tracker.set_tags({f"{task}.best_baseline": ev.best_baseline for task, ev in evals.items()})
+        _log_tables(tracker, model, evals)
         if model.boosters:
             tracker.log_figure(_importance_figure(model), "feature_importance.png")
         tracker.log_figure(_metric_vs_k_figure(evals), "metric_vs_k.png")
+        tracker.log_figure(_baselines_figure(model, evals), "baselines.png")
         sample = next(iter(fit_sets.values()))
         tracker.log_input(
             pd.DataFrame(sample.X[:2000], columns=sample.columns),
@@ -452,11 +537,12 @@ def train(
         run_id = tracker.run_id
         # the last step of the run: a failure before this registers nothing
         version = tracker.register(uri, name=cfg.model_name)
+        reason = decision.reason + reason_extra
         tracker.describe_version(
             cfg.model_name,
             version,
-            version_description(model, evals, decision.reason + reason_extra, cfg),
-            {f"policy.{task}": policy for task, policy in model.policies.items()},
+            version_description(model, evals, reason, cfg),
+            version_tags(model, tags, reason, decision.promote),
         )
     # aliases only after the run finished successfully
     tracker.set_alias(cfg.model_name, CHALLENGER, version)

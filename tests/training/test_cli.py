@@ -9,14 +9,17 @@ shared trained model's store.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 from click.testing import Result
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from mlflow_isolation import clear_uri_env, forget_uris, no_uri_env  # noqa: F401
 from trained_model import aliases_of, versions_of
@@ -128,6 +131,130 @@ def test_train_registers_a_champion_and_prints_the_summary(in_store: CliStore) -
         model.snapshot.config.popularity_windows_days == from_file.features.popularity_windows_days
     )
     assert "prod_pop_60" in model.columns(s.CROSS_SELL)
+
+
+def test_train_output_is_xsells_own_lines(in_store: CliStore) -> None:
+    """No library notes in normal output: MLflow's registration prints, its CloudPickle and
+    integer-schema warnings, its artifact-download bars, INFO logs."""
+    out = in_store.train.output
+    for noise in (
+        "Created version",
+        "Successfully registered",
+        "CloudPickle",
+        "Inferred schema contains integer",
+        "Downloading artifacts",
+        "INFO",
+        "Traceback",
+    ):
+        assert noise not in out, (noise, out)
+    lines = [line for line in out.splitlines() if line.strip()]
+    ours = ("  .. ", "task ", "registered version", "run ", "view:", "serve:", *task_names())
+    assert all(line.startswith(ours) for line in lines), out
+
+
+# ------------------------------------------------------------------------------------------
+# xsell compare
+# ------------------------------------------------------------------------------------------
+
+COMPARE_NAME = "cli-compare"
+
+
+@dataclass(frozen=True)
+class Compared:
+    """Two versions of ``cli-compare``: v1 a copy of the store's version 1, v2 trained anew."""
+
+    first: ModelVersion
+    second: ModelVersion
+    train: Result
+
+
+@pytest.fixture(scope="module")
+def compared(store: CliStore, tmp_path_factory: pytest.TempPathFactory) -> Compared:
+    client = store.client()
+    config = tmp_path_factory.mktemp("compare") / "other.yaml"
+    config.write_text(
+        TINY_YAML.replace("seed: 3", "seed: 4").replace("max_rounds: 8", "max_rounds: 4")
+        + f"model_name: {COMPARE_NAME}\n"
+    )
+    args = ["train", "--data", str(store.shop_dir), "--config", str(config)]
+    with pytest.MonkeyPatch.context() as mp:
+        clear_uri_env(mp)
+        mp.setenv("MLFLOW_TRACKING_URI", store.uri)
+        source = client.get_model_version(MODEL_NAME, "1")
+        client.create_registered_model(COMPARE_NAME)
+        client.create_model_version(  # resolves models:/<id> through the global store
+            COMPARE_NAME,
+            source.source,
+            run_id=source.run_id,
+            tags=source.tags,
+            description=source.description,
+        )
+        result = CliRunner().invoke(cli.app, [*args, "--experiment", EXPERIMENT])
+        forget_uris()
+    assert result.exit_code == 0, (result.output, result.exception)
+    return Compared(
+        client.get_model_version(COMPARE_NAME, "1"),
+        client.get_model_version(COMPARE_NAME, "2"),
+        result,
+    )
+
+
+def _block(lines: list[str], task: str) -> list[str]:
+    """The rows of one task's block of ``xsell compare``."""
+    start = lines.index(next(line for line in lines if line.split() == [task]))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("  "))
+    return lines[start + 1 : end]
+
+
+def test_compare_prints_two_versions_side_by_side_with_the_mlflow_link(
+    in_store: CliStore, compared: Compared
+) -> None:
+    assert "compare: xsell compare 1 2" in compared.train.output
+    out = _invoke("compare", "1", "2", "--name", COMPARE_NAME).output
+    lines = out.splitlines()
+    assert lines[0].split() == [f"{COMPARE_NAME}", "v1", f"{COMPARE_NAME}", "v2", "change"]
+    client = in_store.client()
+    runs = [client.get_run(v.run_id) for v in (compared.first, compared.second)]
+    (run_row,) = [line for line in lines if line.startswith("run ")]
+    assert run_row.split()[1:] == [r.info.run_id for r in runs]
+    (data_row,) = [line for line in lines if line.startswith("data range")]
+    assert data_row.count(compared.second.tags["data_range"]) == 2  # the same shop
+    (promo_row,) = [line for line in lines if line.startswith("promotion")]
+    assert "promoted" in promo_row
+    (desc_row,) = [line for line in lines if line.startswith("description")]
+    assert compared.second.description.splitlines()[0][:40] in desc_row  # cut to fit
+    for task in task_names():
+        rows = {row.split()[0]: row.split()[1:] for row in _block(lines, task)}
+        assert rows["served"][1:3] == [
+            compared.first.tags[f"policy.{task}"],
+            compared.second.tags[f"policy.{task}"],
+        ]
+        for metric in ("served.ndcg_at_10", "candidate_recall"):
+            shown = rows[metric][:2]
+            assert shown == [f"{r.data.metrics[f'{task}.{metric}']:.4f}" for r in runs], metric
+    # the MLflow UI's compare-runs view of the two runs
+    (url,) = [line.strip() for line in lines if "#/compare-runs?" in line]
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?")
+    params = dict(part.split("=", 1) for part in url.split("?", 1)[1].split("&"))
+    assert json.loads(unquote(params["runs"])) == [r.info.run_id for r in runs]
+    assert json.loads(unquote(params["experiments"])) == [runs[0].info.experiment_id]
+    assert any("#/compare-model-versions?" in line for line in lines)
+    # --verbose (a global option) changes what the libraries may say, not the comparison
+    verbose = _invoke("--verbose", "compare", "1", "2", "--name", COMPARE_NAME).output
+    assert verbose.splitlines()[: len(lines)] == lines
+    assert aliases_of(client) == {CHAMPION: 1, CHALLENGER: 1}
+
+
+def test_compare_of_an_unknown_version_is_one_error_line(
+    in_store: CliStore, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["xsell", "compare", "1", "99"])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    _assert_one_message(captured.out, captured.err, "error:", "99")
 
 
 # ------------------------------------------------------------------------------------------
@@ -285,6 +412,73 @@ def test_expected_failures_exit_2_with_one_message(
     _assert_one_message(captured.out, captured.err, prefix, text)
     assert not (tmp_path / "out").exists()
     assert aliases_of(in_store.client()) == {CHAMPION: 1, CHALLENGER: 1}
+
+
+def _storeless_fail_args(case: str, tmp_path: Path, shop: Path) -> tuple[list[str], str, str]:
+    """Failures that need no trained store: ``(argv, message prefix, text it must contain)``."""
+    if case == "completejourney-not-installed":
+        return (
+            ["data", "import", "completejourney", "--out", str(tmp_path / "cj")],
+            "error:",
+            ("completejourney"),
+        )
+    if case == "config-not-yaml":
+        bad = tmp_path / "broken.yaml"
+        bad.write_text("ranker: [max_rounds: 5\n  - {\n")
+        return ["train", "--data", str(shop), "--config", str(bad)], "error:", "YAML"
+    if case == "config-bad-value":
+        bad = tmp_path / "neg.yaml"
+        bad.write_text("ranker:\n  max_rounds: -5\n")
+        return ["train", "--data", str(shop), "--config", str(bad)], "error:", "max_rounds"
+    if case == "validate-missing-folder":
+        return ["data", "validate", str(tmp_path / "no-shop")], "invalid data:", "no-shop"
+    if case in ("validate-corrupt-file", "train-corrupt-file"):
+        (shop / "purchases.parquet").write_bytes(b"not a parquet file" * 8)
+        cmd = (
+            ["data", "validate", str(shop)]
+            if case.startswith("validate")
+            else [
+                "train",
+                "--data",
+                str(shop),
+            ]
+        )
+        return cmd, "invalid data:", "purchases.parquet"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "completejourney-not-installed",
+        "config-not-yaml",
+        "config-bad-value",
+        "validate-missing-folder",
+        "validate-corrupt-file",
+        "train-corrupt-file",
+    ],
+)
+def test_expected_failures_without_a_store_are_one_line(
+    tiny_shop_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+) -> None:
+    """Missing optional package, bad config, bad path, corrupt data: exit 2, one message."""
+    from features.data import completejourney
+
+    monkeypatch.setitem(sys.modules, completejourney.PACKAGE, None)  # not installed
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}")
+    argv, prefix, text = _storeless_fail_args(case, tmp_path, tiny_shop_dir)
+    monkeypatch.setattr(sys, "argv", ["xsell", *argv])
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    _assert_one_message(captured.out, captured.err, prefix, text)
+    assert not (tmp_path / "cj").exists() or not any((tmp_path / "cj").glob("*.parquet"))
 
 
 def test_promote_of_an_unknown_version_is_one_error_line(

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import mlflow
 import pandas as pd
@@ -23,9 +24,13 @@ from training.tracking import (
     CHALLENGER,
     CHAMPION,
     DEFAULT_MODEL_NAME,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     MAX_PARAM_VALUE_LENGTH,
     Tracker,
     artifact_root,
+    compare_runs_url,
+    compare_versions_url,
     promotion_decision,
     tracking_uri,
 )
@@ -211,6 +216,36 @@ def test_one_run_at_a_time_and_no_logging_outside_a_run(root: Path) -> None:
 def test_existing_experiment_is_reused(root: Path) -> None:
     first = Tracker(experiment="unit", root=root)
     assert Tracker(experiment="unit", root=root).experiment_id == first.experiment_id
+
+
+def test_experiments_open_on_their_training_runs(root: Path) -> None:
+    """MLflow 3's UI reads ``mlflow.experimentKind``: ``custom_model_development`` opens the
+    training runs instead of the GenAI overview, also for an experiment made without it."""
+    tracker = Tracker(experiment="kind", root=root)
+    client = tracker.client
+    assert client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND_TAG] == (
+        "custom_model_development"
+    )
+    old = client.create_experiment("made-elsewhere")
+    assert EXPERIMENT_KIND_TAG not in client.get_experiment(old).tags
+    assert Tracker(experiment="made-elsewhere", root=root).experiment_id == old
+    assert client.get_experiment(old).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+
+
+def test_compare_urls_follow_the_ui_routes() -> None:
+    """``#/compare-runs?runs=<JSON>&experiments=<JSON>`` and the model-version compare page,
+    percent-encoded (the UI decodes with ``qs.parse`` before ``JSON.parse``)."""
+    url = compare_runs_url(["r1", "r2"], ["3", "3"], ui="http://h:5000/")
+    base, query = url.split("#/compare-runs?")
+    assert base == "http://h:5000/"
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    assert json.loads(unquote(params["runs"])) == ["r1", "r2"]
+    assert json.loads(unquote(params["experiments"])) == ["3"]
+    url = compare_versions_url("xsell-ranker", {1: "r1", 2: "r2"}, ui="http://h:5000")
+    base, query = url.split("#/compare-model-versions?")
+    params = dict(part.split("=", 1) for part in query.split("&"))
+    assert json.loads(unquote(params["name"])) == "xsell-ranker"
+    assert json.loads(unquote(params["runs"])) == {"1": "r1", "2": "r2"}
 
 
 # --------------------------------------------------------------------------- promotion rule

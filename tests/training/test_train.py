@@ -4,6 +4,7 @@ challenger (registered, not promoted) and a run that fails midway (changes nothi
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +26,12 @@ from trained_model import (
 import training.train as train_module
 from features.data import schema as s
 from features.data.io import load_shop
+from features.recommend import RANKER
 from features.tasks import task_names
 from training.config import TrainConfig
-from training.tracking import CHALLENGER, CHAMPION
+from training.evaluate import HEADLINE_METRICS
+from training.progress import Progress
+from training.tracking import CHALLENGER, CHAMPION, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 from training.train import TrainResult, data_fingerprint, make_split, train
 
 # One stump on a random 5% of the features: deterministically far below FAST on this shop
@@ -160,20 +164,25 @@ def test_first_run_logs_metrics_tags_params_and_artifacts(trained: Trained, tmp_
     run = client.get_run(trained.result.run_id)
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    for name in (
-        "cross_sell.ndcg_at_10",
-        "upsell.ndcg_at_10",
-        "upsell.baseline_popular.ndcg_at_5",
-        "cross_sell.baseline_cooc_lift.mrr",
-        "cross_sell.candidate_recall",
-        "cross_sell.candidate_recall.merged",
-        "upsell.best_iteration",
-        "cross_sell.fit_rows",
-    ):
+    # a few headline metrics per task with stable names; everything else is in tables
+    allowed = {"best_iteration", "fit_rows", "fit_queries", *HEADLINE_METRICS}
+    assert {name.split(".", 1)[1] for name in metrics} <= allowed, sorted(metrics)
+    assert len(metrics) <= len(allowed) * len(task_names())
+    assert not any("baseline_" in name or "@" in name for name in metrics)
+    for name in ("upsell.best_iteration", "cross_sell.fit_rows"):
         assert name in metrics, name
     for task, ev in trained.result.evaluations.items():
-        assert metrics[f"{task}.ndcg_at_10"] == pytest.approx(ev.metrics["ndcg_at_10"])
-    assert not any("@" in name for name in metrics)
+        policy = trained.result.policies[task]
+        assert metrics[f"{task}.served.ndcg_at_10"] == pytest.approx(ev.value(policy, "ndcg_at_10"))
+        assert metrics[f"{task}.served_is_ranker"] == float(policy == RANKER)
+        assert metrics[f"{task}.candidate_recall"] == pytest.approx(ev.metrics["candidate_recall"])
+        if ev.has_ranker:
+            assert metrics[f"{task}.ndcg_at_10"] == pytest.approx(ev.metrics["ndcg_at_10"])
+            assert metrics[f"{task}.hit_rate_at_10"] == pytest.approx(ev.metrics["hit_rate_at_10"])
+            best = ev.metrics[f"baseline_{ev.best_baseline}.ndcg_at_10"]
+            assert metrics[f"{task}.lift_over_best_baseline"] == pytest.approx(
+                ev.metrics["ndcg_at_10"] / best
+            )
 
     tags = run.data.tags
     assert tags["data_fingerprint"] == data_fingerprint(trained.shop_dir)
@@ -191,24 +200,72 @@ def test_first_run_logs_metrics_tags_params_and_artifacts(trained: Trained, tmp_
         return {f.path for f in client.list_artifacts(run.info.run_id, path)}
 
     top = files()
-    expected = {"feature_importance.png", "metric_vs_k.png", "promotion.json", "config.json"}
+    expected = {
+        "feature_importance.png",
+        "metric_vs_k.png",
+        "baselines.png",
+        "promotion.json",
+        "config.json",
+    }
     assert expected <= top
+    tables = {"per_segment", "candidate_recall", "baselines", "item_kinds", "metrics"}
     for task in task_names():
         assert task in top
         logged = files(task)
-        assert {f"{task}/per_segment.csv", f"{task}/candidate_recall.csv"} <= logged
+        assert {f"{task}/{name}.csv" for name in tables} <= logged
         # the per-source share of the ranker's top 10: only where the task has a ranker
         contribution = f"{task}/source_contribution.csv"
-        assert logged <= {f"{task}/per_segment.csv", f"{task}/candidate_recall.csv", contribution}
+        assert logged <= {*(f"{task}/{name}.csv" for name in tables), contribution}
         assert (contribution in logged) == (trained.result.evaluations[task].has_ranker)
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
     recall = pd.read_csv(local / s.CROSS_SELL / "candidate_recall.csv")
     assert "merged" in set(recall["source"])
     assert recall["recall"].between(0, 1).all()
+    # model vs every baseline: what used to be hundreds of metrics, one table per task
+    for task, ev in trained.result.evaluations.items():
+        table = pd.read_csv(local / task / "baselines.csv").set_index("policy")
+        names = {
+            k.split(".")[0].removeprefix("baseline_")
+            for k in ev.metrics
+            if k.startswith("baseline_")
+        }
+        assert {f"baseline:{n}" for n in names} <= set(table.index)
+        assert (RANKER in table.index) == ev.has_ranker
+        assert table.loc[f"baseline:{ev.best_baseline}", "best_baseline"]
+        assert table["served"].sum() == 1
+        assert table.loc[trained.result.policies[task], "served"]
+        assert table["ndcg_at_10"].is_monotonic_decreasing
+        everything = pd.read_csv(local / task / "metrics.csv").set_index("metric")["value"]
+        assert set(everything.index) == set(ev.metrics)
+    upsell = pd.read_csv(local / s.UPSELL / "baselines.csv").set_index("policy")
+    ev = trained.result.evaluations[s.UPSELL]
+    assert upsell.loc["baseline:popular", "ndcg_at_5"] == pytest.approx(
+        ev.metrics["baseline_popular.ndcg_at_5"]
+    )
+    cross = pd.read_csv(local / s.CROSS_SELL / "baselines.csv").set_index("policy")
+    assert cross.loc["baseline:cooc_lift", "mrr"] == pytest.approx(
+        trained.result.evaluations[s.CROSS_SELL].metrics["baseline_cooc_lift.mrr"]
+    )
+    kinds = pd.read_csv(local / s.CROSS_SELL / "item_kinds.csv")
+    assert set(kinds["item_kind"]) <= {"new_items", "rebuy_items"} and len(kinds)
+    assert {"policy", "n_queries", "candidate_recall", "ndcg_at_10"} <= set(kinds.columns)
     segments = pd.read_csv(local / s.UPSELL / "per_segment.csv")
     assert {"customer_type", "segment"} <= set(segments["slice"])
     promotion = json.loads((local / "promotion.json").read_text())
     assert promotion["promote"] is True
+    # the registered version: description and tags (policies, data range, promotion)
+    version = client.get_model_version(MODEL_NAME, str(trained.result.version))
+    assert version.description.startswith(f"data {tags['data_range']}")
+    assert "promotion: no champion yet" in version.description
+    assert version.tags["data_range"] == tags["data_range"]
+    assert version.tags["train_range"] == tags["train_range"]
+    assert version.tags["promotion"] == "promoted"
+    assert version.tags["promotion.reason"] == "no champion yet"
+    for task, policy in trained.result.policies.items():
+        assert version.tags[f"policy.{task}"] == policy
+    # the experiment opens on its training runs in the MLflow UI (not the GenAI overview)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert TrainConfig.model_validate(json.loads((local / "config.json").read_text())) == FAST
 
 
@@ -234,6 +291,9 @@ def test_weak_challenger_is_registered_but_not_promoted(
         assert weak.champion_metrics[key] == pytest.approx(served)
     run = trained.client().get_run(weak.run_id)
     assert run.data.tags["promotion"] == "not promoted"
+    version = trained.client().get_model_version(MODEL_NAME, str(weak.version))
+    assert version.tags["promotion"] == "not promoted"
+    assert version.tags["promotion.reason"].startswith("not promoted")
     cs = trained.result.evaluations[s.CROSS_SELL]
     assert run.data.metrics["champion.cross_sell.served.ndcg_at_10"] == pytest.approx(
         cs.value(trained.result.policies[s.CROSS_SELL], "ndcg_at_10")
@@ -249,3 +309,39 @@ def test_failed_run_is_failed_and_changes_nothing(
     assert failed.info.run_id not in {trained.result.run_id, second_round.weak.run_id}
     assert second_round.aliases_after_failure == second_round.aliases_after_weak
     assert second_round.versions_after_failure == second_round.versions_after_weak
+
+
+# ------------------------------------------------------------------------------------------
+# 7. Progress: message lines, and bars with an ETA on a terminal
+# ------------------------------------------------------------------------------------------
+
+
+def test_progress_bars_count_cutoffs_rounds_and_complete() -> None:
+    stream, said = io.StringIO(), []
+    report = Progress(said.append, bars=True, stream=stream)
+    with report.cutoffs("cross_sell fit features", 3) as callback:
+        for day in ("07-16", "07-30", "08-13"):
+            callback(f"cross_sell: cut-off 2025-{day} (10 queries)")
+        report("a message above the bar")
+    with report.step("upsell fit", 50, unit="rounds") as step:
+        lgb_callback = report.lightgbm_callback(step)
+        for _ in range(7):  # early stopping: the bar still completes
+            lgb_callback(None)
+    drawn = stream.getvalue()
+    assert "cross_sell fit features: 100%" in drawn and "3/3 cut-offs" in drawn
+    assert "upsell fit: 100%" in drawn and "50/50 rounds" in drawn
+    assert said == ["a message above the bar"]
+
+
+def test_progress_without_bars_only_says_messages() -> None:
+    stream, said = io.StringIO(), []
+    report = Progress.of(said.append)
+    assert not report.bars
+    with report.cutoffs("x", 3) as callback:
+        callback("x: cut-off 2025-01-01 (1 queries)")
+    with report.step("y", 5) as step:
+        step.advance()
+    report("done")
+    assert said == ["done"] and stream.getvalue() == ""
+    # not a terminal: no bars either
+    assert not Progress(said.append, bars=None, stream=io.StringIO()).bars
