@@ -10,9 +10,6 @@ traceback, no access-log line by default, and one line per rejected request.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,16 +22,15 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from mlflow_isolation import forget_uris
+from live_server import LiveServer, export_shared_model, xsell_serve
 from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events
-from trained_model import MODEL_NAME, Trained
+from trained_model import Trained
 from typer.testing import CliRunner
 
 import serving.__main__ as serving_main
 from serving.service import ACCESS_LOG_ENV, _logging_config
 from training.cli import app as cli_app
-from training.model import export_model
 
 # Examples per operation in the fuzzing phase (the coverage phase adds its own edge cases):
 # about 400 requests, ~10 s on 2 cores.
@@ -55,73 +51,18 @@ FUZZ_CONFIG = {
 }
 
 
-@dataclass
-class LiveServer:
-    base: str
-    log: Path
-
-
 @pytest.fixture(scope="module")
 def model_dir(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared trained model's version 1, exported from its registry as a folder."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", trained.uri)
-        folder, _ = export_model(
-            f"models:/{MODEL_NAME}/{trained.result.version}",
-            tmp_path_factory.mktemp("openapi") / "model",
-        )
-        forget_uris()
-    return folder
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return export_shared_model(trained, tmp_path_factory.mktemp("openapi") / "model")[0]
 
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    """``xsell serve`` on a free port of 127.0.0.1 with default flags, its output in a file."""
-    home = tmp_path_factory.mktemp("bentoml")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "True",
-        "PYTHONUNBUFFERED": "1",  # log lines reach the file as they are written
-    }
-    env.pop(ACCESS_LOG_ENV, None)
-    log_path = home / "server.log"
-    cli = [sys.executable, "-c", "from training.cli import main; main()"]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [*cli, "serve", "--port", str(port), "--model", str(model_dir)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not get ready"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        yield LiveServer(base, log_path)
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """``xsell serve`` with default flags (no access log), its output in a file."""
+    env = {ACCESS_LOG_ENV: None, "PYTHONUNBUFFERED": "1"}  # log lines reach the file at once
+    with xsell_serve(model_dir, tmp_path_factory.mktemp("bentoml"), env=env) as live:
+        yield live
 
 
 @dataclass

@@ -10,18 +10,12 @@ Chromium (``/usr/bin/chromium``; Playwright's own browser download cannot work h
 from __future__ import annotations
 
 import html
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from mlflow_isolation import forget_uris
+from live_server import export_shared_model, xsell_serve
 from trained_model import MODEL_NAME, UNKNOWN_CUSTOMER, Trained, anchor_with_upsell
 
 from features.data import schema as s
@@ -36,7 +30,7 @@ from serving.preview import (
     preview_response,
     render_preview,
 )
-from training.model import XsellModel, export_model, load_serving_model
+from training.model import XsellModel, load_serving_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "preview.png"
@@ -57,13 +51,7 @@ INJECTION = "<script>alert(1)</script>"
 @pytest.fixture(scope="module")
 def model_dir(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared trained model's version 1, exported from its registry as a folder."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", trained.uri)
-        folder, version = export_model(
-            f"models:/{MODEL_NAME}/{trained.result.version}",
-            tmp_path_factory.mktemp("preview") / "model",
-        )
-        forget_uris()
+    folder, version = export_shared_model(trained, tmp_path_factory.mktemp("preview") / "model")
     assert version == VERSION
     return folder
 
@@ -219,49 +207,11 @@ def test_product_page_defaults_to_a_product_of_the_last_order(model: XsellModel)
 # --------------------------------------------------------------------------- a real browser
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``xsell serve`` of ``model_dir`` on a free port of 127.0.0.1; yields its base URL."""
-    home = tmp_path_factory.mktemp("bentoml")
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
-    log_path = home / "server.log"
-    log = log_path.open("w")
-    cli = [sys.executable, "-c", "from training.cli import main; main()"]
-    proc = subprocess.Popen(
-        [*cli, "serve", "--port", str(port), "--model", str(model_dir)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not get ready"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    with xsell_serve(model_dir, tmp_path_factory.mktemp("bentoml")) as live:
+        yield live.base
 
 
 def _showcase_customer(model: XsellModel) -> str:

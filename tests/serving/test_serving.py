@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -26,7 +20,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mlflow_isolation import forget_uris
+from live_server import export_shared_model, xsell_serve
 from trained_model import MODEL_NAME, Trained
 
 from features.data import schema as s
@@ -42,7 +36,7 @@ from serving.service import (
     RecommendResponse,
     XsellService,
 )
-from training.model import XsellModel, export_model, load_serving_model
+from training.model import XsellModel, load_serving_model
 
 UNKNOWN_CUSTOMER = "NEVER-SEEN"
 
@@ -86,13 +80,7 @@ class AsgiClient:
 @pytest.fixture(scope="session")
 def model_dir(trained: Trained, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shared trained model's version 1, exported from its registry as a folder."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MLFLOW_TRACKING_URI", trained.uri)
-        folder, version = export_model(
-            f"models:/{MODEL_NAME}/{trained.result.version}",
-            tmp_path_factory.mktemp("serving") / "model",
-        )
-        forget_uris()
+    folder, version = export_shared_model(trained, tmp_path_factory.mktemp("serving") / "model")
     assert version == f"{MODEL_NAME}/1"
     return folder
 
@@ -577,55 +565,21 @@ def test_fuzzed_bodies_never_5xx(api: AsgiClient, body: bytes, path: str) -> Non
 # --------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.server
 def test_xsell_serve_end_to_end(model_dir: Path, tmp_path: Path) -> None:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "True"}
-    log = (tmp_path / "server.log").open("w")
-    cli = [sys.executable, "-c", "from training.cli import main; main()"]
-    proc = subprocess.Popen(
-        [*cli, "serve", "--port", str(port), "--model", str(model_dir)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not get ready"
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        with httpx.Client(base_url=base, timeout=10) as client:
-            assert client.get("/healthz").status_code == 200
-            assert client.get("/model").json()["model_version"] == "xsell-ranker/1"
-            out = client.post("/recommend", json=EXAMPLE_REQUEST)
-            assert out.status_code == 200 and out.json()["cross_sell"]
-            assert set(out.json()["policies"]) == {s.CROSS_SELL, s.UPSELL}
-            ranked = client.post(
-                "/rank",
-                json={"customer_id": "C0000001", "placement": "cart", "products": ["P00002"]},
-            )
-            assert ranked.status_code == 200 and len(ranked.json()["items"]) == 1
-            bad = client.post("/recommend", json={**EXAMPLE_REQUEST, "placement": "x"})
-            assert bad.status_code == 400 and "placement" in bad.text
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    with (
+        xsell_serve(model_dir, tmp_path) as live,
+        httpx.Client(base_url=live.base, timeout=10) as client,
+    ):
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/model").json()["model_version"] == "xsell-ranker/1"
+        out = client.post("/recommend", json=EXAMPLE_REQUEST)
+        assert out.status_code == 200 and out.json()["cross_sell"]
+        assert set(out.json()["policies"]) == {s.CROSS_SELL, s.UPSELL}
+        ranked = client.post(
+            "/rank",
+            json={"customer_id": "C0000001", "placement": "cart", "products": ["P00002"]},
+        )
+        assert ranked.status_code == 200 and len(ranked.json()["items"]) == 1
+        bad = client.post("/recommend", json={**EXAMPLE_REQUEST, "placement": "x"})
+        assert bad.status_code == 400 and "placement" in bad.text
