@@ -221,13 +221,20 @@ def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> Tr
     start = split.fit_start
     end = min(start + pd.Timedelta(days=cfg.split.step_days), split.valid_start)
     weights: dict[str, float] = {}
+    calibration: dict[pd.Timestamp, FeatureSnapshot] = {}  # one snapshot for every task
     tasks = all_tasks()
     say(f"measuring each candidate source on {start.date()} .. {end.date()}")
     with say.step("candidate sources", len(tasks), unit="tasks") as step:
         for task in tasks:
             weights.update(
                 calibrate_source_weights(
-                    shop, task=task.name, start=start, end=end, config=cfg.features, seed=cfg.seed
+                    shop,
+                    task=task.name,
+                    start=start,
+                    end=end,
+                    config=cfg.features,
+                    snapshots=calibration,
+                    seed=cfg.seed,
                 )
             )
             step.advance(note=task.name)
