@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from features.data import schema as s
+from features.live import NO_ACTIVITY, LiveActivity
 from features.snapshot import FeatureSnapshot, to_days
 
 # Query frame columns (DESIGN.md, ``xsell recommend``).
@@ -43,6 +44,8 @@ class QueryBatch:
         placement: Placement code (index into ``schema.PLACEMENTS``).
         as_of: Query time in float days since 1970-01-01.
         unknown_products: Per query, product ids that the snapshot does not know.
+        live: Per query, the customer's activity after the snapshot (:mod:`features.live`);
+            empty for batches read from history alone (training, batch scoring).
     """
 
     task: str
@@ -54,6 +57,7 @@ class QueryBatch:
     placement: np.ndarray
     as_of: np.ndarray
     unknown_products: list[list[str]] = field(default_factory=list)
+    live: tuple[LiveActivity, ...] = ()
 
     def __len__(self) -> int:
         return len(self.query_ids)
@@ -66,6 +70,19 @@ class QueryBatch:
     def context_value(self, price: np.ndarray) -> np.ndarray:
         """Summed price of each query's context products (0 for an empty context)."""
         return np.bincount(self.context_query, weights=price[self.context], minlength=len(self))
+
+    def live_count(self, kind: str, q: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """Live ``kind`` (bought / viewed / carted) counts of products ``p`` for queries ``q``."""
+        out = np.zeros(len(q))
+        for i, activity in enumerate(self.live):
+            if activity:
+                at = np.flatnonzero(q == i)
+                out[at] = activity.count(kind, p[at])
+        return out
+
+    def activity(self, i: int) -> LiveActivity:
+        """Query ``i``'s live activity (none when the batch carries none)."""
+        return self.live[i] if self.live else NO_ACTIVITY
 
     def subset(self, rows: np.ndarray) -> QueryBatch:
         """A batch of the queries at positions ``rows`` (in that order)."""
@@ -86,6 +103,7 @@ class QueryBatch:
             unknown_products=[self.unknown_products[i] for i in rows]
             if self.unknown_products
             else [],
+            live=tuple(self.live[i] for i in rows) if self.live else (),
         )
 
 
@@ -172,11 +190,13 @@ def single_query(
     cart_product_ids: list[str],
     as_of: float,
     query_id: str = "q",
+    live: LiveActivity = NO_ACTIVITY,
 ) -> QueryBatch:
     """A one-query batch built with dict look-ups only (the serving path).
 
     Args:
         as_of: Query time in float days since 1970-01-01 (see ``snapshot.to_days``).
+        live: The customer's activity after the snapshot.
     """
     known, bad = _resolve_context(snapshot, anchor_product_id, cart_product_ids)
     anchor = snapshot.product_index.get(anchor_product_id, -1) if anchor_product_id else -1
@@ -190,4 +210,5 @@ def single_query(
         placement=np.asarray([PLACEMENT_CODES[placement]], dtype=np.int64),
         as_of=np.asarray([as_of], dtype=np.float64),
         unknown_products=[bad],
+        live=(live,) if live else (),
     )

@@ -205,6 +205,20 @@ def build_features(batch: QueryBatch, snapshot: FeatureSnapshot) -> FeatureMatri
     return features_for_candidates(batch, snapshot, cands)
 
 
+def _live_family_views(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, fam: np.ndarray
+) -> np.ndarray:
+    """Live views of each row's family (0 without live activity)."""
+    out = np.zeros(len(q))
+    family = snapshot.products.family
+    for i, activity in enumerate(batch.live):
+        if activity and len(activity.viewed):
+            at = np.flatnonzero(q == i)
+            views = np.bincount(family[activity.viewed], minlength=len(snapshot.family_levels))
+            out[at] = views[fam[at]]
+    return out
+
+
 def features_for_candidates(
     batch: QueryBatch, snapshot: FeatureSnapshot, cands: Candidates
 ) -> FeatureMatrix:
@@ -278,11 +292,15 @@ def features_for_candidates(
         a.tier_rank[p] - a.tier_rank[safe_anchor],
         np.nan,
     )
-    f["cust_views_7"] = browse.views_7.get(cust, p)
-    f["cust_views_30"] = browse.views_30.get(cust, p)
-    f["cust_carts_7"] = browse.carts_7.get(cust, p)
-    f["cust_carts_30"] = browse.carts_30.get(cust, p)
-    f["cust_family_views_30"] = browse.family_views_30.get(cust, fam)
+    # live views and adds (after the snapshot, online only) count as of the cut-off
+    live_views, live_carts = batch.live_count("viewed", q, p), batch.live_count("carted", q, p)
+    f["cust_views_7"] = browse.views_7.get(cust, p) + live_views
+    f["cust_views_30"] = browse.views_30.get(cust, p) + live_views
+    f["cust_carts_7"] = browse.carts_7.get(cust, p) + live_carts
+    f["cust_carts_30"] = browse.carts_30.get(cust, p) + live_carts
+    f["cust_family_views_30"] = browse.family_views_30.get(cust, fam) + _live_family_views(
+        batch, snapshot, q, fam
+    )
     f["cust_last_session"] = browse.last_session.get(cust, p)
     f["cust_owns_family"] = hist.owns_family.get(cust, fam)
     f["cust_product_quantity"] = hist.owned.get(cust, p)

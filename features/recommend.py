@@ -45,12 +45,18 @@ from features.batch import (
 from features.candidates import candidates_for_products
 from features.data import schema as s
 from features.guardrails import Selection, apply_guardrails, reasons
+from features.live import NO_ACTIVITY, LiveActivity
 from features.matrix import FeatureMatrix, build_features, feature_columns, features_for_candidates
 from features.rules import all_of
 from features.snapshot import FeatureSnapshot, to_days
 from features.tasks import Task, all_tasks, get_task, tasks_at
 
 MODEL_FORMAT_VERSION = 2
+SNAPSHOT_DIR = "snapshot"
+# A refreshed snapshot (`xsell snapshot refresh`) is a sibling folder named by this file; the
+# file is replaced atomically, so a reader sees the old snapshot or the new one, never neither.
+SNAPSHOT_POINTER = "SNAPSHOT"
+KEEP_SNAPSHOTS = 2  # refreshed snapshots kept (the current one and the one before)
 OUTPUT_COLUMNS = ("query_id", "task", "rank", "product_id", "score")
 POST_PURCHASE = "post_purchase"
 RANKER = "ranker"
@@ -100,12 +106,20 @@ def default_context(
     placement: str,
     product_id: str | None,
     cart: list[str],
+    live: LiveActivity = NO_ACTIVITY,
 ) -> list[str]:
-    """The cart; post purchase without a cart or product, the customer's last order."""
-    if placement != POST_PURCHASE or cart or product_id is not None:
+    """The request's cart; when it sends none: post purchase without a product, the customer's
+    last order (live, else the snapshot's); elsewhere the live cart (:mod:`features.live`)."""
+    if cart:
         return cart
-    last = snapshot.last_order(snapshot.customer_index.get(customer_id, -1))
-    return [str(p) for p in snapshot.product_ids[last]]
+    if placement == POST_PURCHASE and product_id is None:
+        last = (
+            live.last_order
+            if len(live.last_order)
+            else snapshot.last_order(snapshot.customer_index.get(customer_id, -1))
+        )
+        return [str(p) for p in snapshot.product_ids[last]]
+    return [str(p) for p in snapshot.product_ids[live.cart]]
 
 
 def resolve_as_of(snapshot: FeatureSnapshot, as_of: pd.Timestamp | None) -> float:
@@ -208,8 +222,10 @@ class XsellModel:
         product_id: str | None,
         cart: list[str],
         as_of: pd.Timestamp | None = None,
+        live: LiveActivity = NO_ACTIVITY,
     ) -> QueryBatch:
-        """The one-query batch of a request: default context and the ``as_of`` policy applied."""
+        """The one-query batch of a request: default context, the ``as_of`` policy and the
+        customer's live activity applied."""
         return single_query(
             self.snapshot,
             task=task,
@@ -217,9 +233,10 @@ class XsellModel:
             placement=placement,
             anchor_product_id=product_id,
             cart_product_ids=default_context(
-                self.snapshot, customer_id, placement, product_id, cart
+                self.snapshot, customer_id, placement, product_id, cart, live
             ),
             as_of=resolve_as_of(self.snapshot, as_of),
+            live=live,
         )
 
     def recommend_one(
@@ -231,6 +248,7 @@ class XsellModel:
         cart: list[str],
         k: dict[str, int],
         as_of: pd.Timestamp | None = None,
+        live: LiveActivity = NO_ACTIVITY,
     ) -> dict[str, QueryResult]:
         """Recommendations for one request, per task of the placement (the online path).
 
@@ -241,6 +259,7 @@ class XsellModel:
             cart: Product ids in the cart (post purchase: the order; empty: the last order).
             k: Task -> number of items wanted (0 or absent skips the task).
             as_of: Request time; default the snapshot cut-off (see :func:`resolve_as_of`).
+            live: The customer's activity after the snapshot (:func:`features.live.live_activity`).
         """
         out: dict[str, QueryResult] = {}
         for task in tasks_at(placement):
@@ -256,6 +275,7 @@ class XsellModel:
                 product_id=product_id,
                 cart=cart,
                 as_of=as_of,
+                live=live,
             )
             out[task.name] = self._one(task, batch, want)
         return out
@@ -308,6 +328,7 @@ class XsellModel:
         cart: list[str],
         products: list[str],
         as_of: pd.Timestamp | None = None,
+        live: LiveActivity = NO_ACTIVITY,
     ) -> QueryResult:
         """Score a caller-supplied product list for one query (``POST /rank``), best first.
 
@@ -322,6 +343,7 @@ class XsellModel:
             product_id=product_id,
             cart=cart,
             as_of=as_of,
+            live=live,
         )
         index = self.snapshot.product_index
         known = list(dict.fromkeys(p for p in products if p in index))
@@ -414,7 +436,8 @@ class XsellModel:
         """Write ``meta.json``, ``<task>.txt`` boosters and ``snapshot/``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.snapshot.save(folder / "snapshot")
+        self.snapshot.save(folder / SNAPSHOT_DIR)
+        (folder / SNAPSHOT_POINTER).unlink(missing_ok=True)
         for task, booster in self.boosters.items():
             booster.save_model(str(folder / f"{task}.txt"))
         tasks = [t.name for t in self.tasks]
@@ -451,7 +474,7 @@ class XsellModel:
         if not isinstance(meta.get("rankers"), list) or not isinstance(meta.get("policies"), dict):
             raise ModelLoadError(f"model metadata in {folder} lists no rankers or policies")
         try:
-            snapshot = FeatureSnapshot.load(folder / "snapshot")
+            snapshot = FeatureSnapshot.load(current_snapshot(folder))
         except ValueError as exc:
             raise ModelLoadError(str(exc)) from exc
         boosters = {}
@@ -460,18 +483,74 @@ class XsellModel:
                 boosters[task] = lgb.Booster(model_file=str(folder / f"{task}.txt"))
             except lgb.basic.LightGBMError as exc:
                 raise ModelLoadError(f"cannot load the {task} ranker: {exc}") from exc
-            if boosters[task].feature_name() != [
-                c.replace(" ", "_") for c in feature_columns(snapshot, task)
-            ]:
-                raise ModelLoadError(f"{task} ranker's features do not match the snapshot")
+        _check_columns(boosters, snapshot)
         policies = {str(k): str(v) for k, v in meta["policies"].items()}
-        for task, policy in policies.items():
-            try:
-                baseline = _parse_policy(policy)
-                if baseline is not None:
-                    get_task(task).baseline(baseline)
-                elif task not in boosters:
-                    raise ValueError(f"{task} is served by its ranker but the bundle has none")
-            except ValueError as exc:
-                raise ModelLoadError(f"model in {folder}: {exc}") from exc
-        return cls(snapshot=snapshot, boosters=boosters, policies=policies, meta=meta)
+        model = cls(snapshot=snapshot, boosters=boosters, policies=policies, meta=meta)
+        try:
+            model.check_policies()
+        except ValueError as exc:
+            raise ModelLoadError(f"model in {folder}: {exc}") from exc
+        return model
+
+    def check_policies(self) -> None:
+        """Every served policy is a declared baseline of its task, or a ranker the bundle has.
+
+        Raises:
+            ValueError: The first policy that cannot be served.
+        """
+        for task, policy in self.policies.items():
+            baseline = _parse_policy(policy)
+            if baseline is not None:
+                get_task(task).baseline(baseline)
+            elif task not in self.boosters:
+                raise ValueError(f"{task} is served by its ranker but the bundle has none")
+
+
+def _check_columns(boosters: dict[str, lgb.Booster], snapshot: FeatureSnapshot) -> None:
+    for task, booster in boosters.items():
+        if booster.feature_name() != [c.replace(" ", "_") for c in feature_columns(snapshot, task)]:
+            raise ModelLoadError(f"{task} ranker's features do not match the snapshot")
+
+
+def current_snapshot(folder: str | Path) -> Path:
+    """The snapshot folder a model folder serves now (the refreshed one, if any)."""
+    folder = Path(folder)
+    pointer = folder / SNAPSHOT_POINTER
+    name = pointer.read_text().strip() if pointer.is_file() else SNAPSHOT_DIR
+    return folder / name
+
+
+def snapshot_stamp(folder: str | Path) -> str:
+    """What changes when the served snapshot changes (cheap: one small file read)."""
+    pointer = Path(folder) / SNAPSHOT_POINTER
+    return pointer.read_text().strip() if pointer.is_file() else SNAPSHOT_DIR
+
+
+def refresh_snapshot(folder: str | Path, snapshot: FeatureSnapshot) -> Path:
+    """Make ``snapshot`` the one the model folder serves, for the same rankers.
+
+    It is written beside the current one and the pointer file is replaced atomically; a running
+    service polls the pointer and swaps the snapshot in without a restart. Older refreshed
+    snapshots beyond :data:`KEEP_SNAPSHOTS` are deleted.
+
+    Raises:
+        ModelLoadError: The folder is not a model, or the new snapshot's feature columns differ
+            from the rankers' (new persona columns or levels: retrain instead).
+    """
+    import shutil
+
+    folder = Path(folder)
+    model = XsellModel.load(folder)
+    if snapshot.config != model.snapshot.config:
+        raise ModelLoadError("the new snapshot's feature config differs from the model's")
+    _check_columns(model.boosters, snapshot)
+    stamp = pd.Timestamp.now("UTC").strftime("%Y%m%dT%H%M%S%f")
+    name = f"{SNAPSHOT_DIR}-{stamp}"
+    snapshot.save(folder / name)
+    tmp = folder / f".{SNAPSHOT_POINTER}.tmp"
+    tmp.write_text(name)
+    tmp.replace(folder / SNAPSHOT_POINTER)
+    refreshed = sorted(folder.glob(f"{SNAPSHOT_DIR}-*"))
+    for old in refreshed[:-KEEP_SNAPSHOTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder / name

@@ -47,8 +47,18 @@ def in_stock(
 def bought_before(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray
 ) -> np.ndarray:
-    """The customer bought the product before the snapshot's cut-off (returns included)."""
-    return snapshot.history.bought.get(batch.customer[q], p) > 0
+    """The customer bought the product before: in the snapshot's history (returns included)
+    or live, after it (:mod:`features.live`)."""
+    return (snapshot.history.bought.get(batch.customer[q], p) > 0) | (
+        batch.live_count("bought", q, p) > 0
+    )
+
+
+def not_just_bought(
+    batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray
+) -> np.ndarray:
+    """Replenish: a product bought after the snapshot (live) is not due again yet."""
+    return batch.live_count("bought", q, p) == 0
 
 
 def new_to_customer(
@@ -76,7 +86,9 @@ def not_owned_durable(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray
 ) -> np.ndarray:
     """Durable products the customer owns are suppressed (consumables are fine)."""
-    owned = snapshot.history.owned.get(batch.customer[q], p) > 0
+    owned = (snapshot.history.owned.get(batch.customer[q], p) > 0) | (
+        batch.live_count("bought", q, p) > 0
+    )
     return ~owned | snapshot.products.is_consumable[p]
 
 

@@ -349,7 +349,13 @@ def _viewed_or_carted(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray, pop: np.ndarray
 ) -> np.ndarray:
     cust = batch.customer[q]
-    return snapshot.browsing.views_30.get(cust, p) + snapshot.browsing.carts_30.get(cust, p)
+    browse = snapshot.browsing
+    return (
+        browse.views_30.get(cust, p)
+        + browse.carts_30.get(cust, p)
+        + batch.live_count("viewed", q, p)
+        + batch.live_count("carted", q, p)
+    )
 
 
 def _viewed_then_bought(

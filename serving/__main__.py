@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from online.store import StoreError
+
 from serving.service import serve
 
 
@@ -22,6 +24,8 @@ def main() -> None:
     parser.add_argument(
         "--access-log", action="store_true", help="log one line per request (off by default)"
     )
+    parser.add_argument("--store", default=None, help="event store folder or SQLAlchemy URL")
+    parser.add_argument("--experiment", default=None, help="experiment file (traffic split)")
     args = parser.parse_args()
     try:
         serve(
@@ -30,8 +34,10 @@ def main() -> None:
             port=args.port,
             workers=args.workers,
             access_log=args.access_log,
+            store=args.store,
+            experiment=args.experiment,
         )
-    except ValueError as exc:  # a model that cannot be loaded: one line, no traceback
+    except (ValueError, StoreError) as exc:  # bad model, experiment or store: one line
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -26,6 +26,7 @@ REF = "#/components/schemas/{model}"
 OPENAPI_VERSION = "3.1.0"
 # BentoML's generic error bodies, replaced by the ones below.
 BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
+STORE_ROUTES = ("/events", "/feedback")  # answer 503 when the event store is down
 
 
 class ValidationErrorItem(BaseModel):
@@ -48,6 +49,16 @@ class ErrorBody(BaseModel):
     """A 413, 415 or 500: one message."""
 
     error: str
+
+
+class ReadyBody(BaseModel):
+    """``GET /readyz``: ready once a model is loaded; what is degraded (answers still served)."""
+
+    ready: bool
+    model_version: str | None = None
+    degraded: list[str] = Field(
+        description="e.g. the event store down: answers are the snapshot's."
+    )
 
 
 class ModelCard(BaseModel):
@@ -87,6 +98,11 @@ PROBE_RESPONSES = {
     "200": _text("OK: a one-line text body."),
     "503": _text("Not alive / not ready (the reason as text)."),
 }
+READY_RESPONSES = {
+    "200": _json("ReadyBody", "Ready; `degraded` lists what cannot be used."),
+    "503": _json("ReadyBody", "Not ready: no model loaded yet."),
+}
+STORE_DOWN = _json("StoredResponse", "The event store is unavailable: nothing stored (`error`).")
 
 MODEL_PATH = {
     "get": {
@@ -135,7 +151,7 @@ PREVIEW_PATH = {
 
 def _schemas() -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for model in (ValidationErrorBody, ErrorBody, ModelCard):
+    for model in (ValidationErrorBody, ErrorBody, ModelCard, ReadyBody):
         schema = model.model_json_schema(ref_template=REF)
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
@@ -154,10 +170,17 @@ def _use_component(body: dict[str, Any], schemas: dict[str, Any]) -> None:
         media["schema"] = {"$ref": REF.format(model=title)}
 
 
-def correct(spec: dict[str, Any], *, api_routes: set[str], mounted: set[str]) -> dict[str, Any]:
+def correct(
+    spec: dict[str, Any],
+    *,
+    api_routes: set[str],
+    mounted: set[str],
+    store_routes: tuple[str, ...] = STORE_ROUTES,
+) -> dict[str, Any]:
     """A copy of BentoML's document (``spec``) declaring what the service really answers.
 
-    ``api_routes``: the ``@bentoml.api`` routes; ``mounted``: the GET routes of the mounted app.
+    ``api_routes``: the ``@bentoml.api`` routes; ``mounted``: the GET routes of the mounted app;
+    ``store_routes``: the routes that answer 503 when the event store is down.
     """
     spec = copy.deepcopy(spec)
     # The schemas are pydantic's JSON Schema (2020-12: `anyOf [..., {"type": "null"}]`, not
@@ -169,11 +192,15 @@ def correct(spec: dict[str, Any], *, api_routes: set[str], mounted: set[str]) ->
         post = paths[route]["post"]
         ok = {str(code): r for code, r in post["responses"].items()}["200"]  # int keys
         post["responses"] = {"200": ok, **copy.deepcopy(API_ERRORS)}
+        if route in store_routes:
+            post["responses"]["503"] = copy.deepcopy(STORE_DOWN)
         for body in (post["requestBody"], ok):
             _use_component(body, schemas)
-    for probe in ("/healthz", "/livez", "/readyz"):
+    for probe in ("/healthz", "/livez"):
         if probe in paths:
             paths[probe]["get"]["responses"] = copy.deepcopy(PROBE_RESPONSES)
+    if "/readyz" in paths:  # serving.service.ReadyProbe answers it
+        paths["/readyz"]["get"]["responses"] = copy.deepcopy(READY_RESPONSES)
     if "/metrics" in paths:
         paths["/metrics"]["get"]["responses"] = {"200": _text("Prometheus metrics.")}
     if "/model" in mounted:

@@ -13,7 +13,11 @@ Endpoints (JSON bodies are the request objects themselves, fields at the top lev
 - ``POST /rank`` -> :class:`RankResponse`: scores a caller-supplied product list with the
   task's ranker (no guardrail removes anything; source features are NaN for products no
   candidate source proposes)
-- ``GET /healthz`` (alive), ``GET /readyz`` (model loaded): BentoML's own probes
+- ``POST /events`` -> :class:`serving.live.StoredResponse`: live purchases, views and cart
+  changes (:mod:`serving.live`), stored durably before the answer and used by the next request
+- ``POST /feedback``: impressions, clicks, adds and purchases against a ``recommendation_id``
+- ``GET /healthz`` (alive): BentoML's probe; ``GET /readyz``: 200 when a model is loaded, with
+  what is degraded (the event store down or full: answers come from the snapshot alone)
 - ``GET /model``: version, run id, training data range, headline metrics
 - ``GET /docs.json``: the OpenAPI document, every answer declared (:mod:`serving.openapi`)
 
@@ -30,13 +34,17 @@ worker thread) cost ~2 ms of latency per request. Scale out with workers (``xsel
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
+from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -45,11 +53,23 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from features.data import schema as s
+from features.live import NO_ACTIVITY, LiveActivity, live_activity
 from features.recommend import QueryResult, placement_defaults
 from features.tasks import get_task, task_names, tasks_at
+from online.experiments import Experiment, load_experiment, single_variant
+from online.records import RecommendationRecord, RecommendedItem
+from online.store import EventStore, StoreError
+from serving.live import (
+    EventsRequest,
+    FeedbackRequest,
+    StoredResponse,
+    check_references,
+    shop_time,
+)
 from serving.logs import log_rejected, quiet_client_errors
 from serving.openapi import openapi_document
 from serving.preview import preview_page  # GET /preview (HTML page)
+from serving.runtime import ServedVariant, StoreHandle, Variants
 from training.model import XsellModel, export_model, load_serving_model
 
 log = logging.getLogger(__name__)
@@ -57,6 +77,11 @@ log = logging.getLogger(__name__)
 MODEL_URI_ENV = "XSELL_MODEL_URI"
 WORKERS_ENV = "XSELL_WORKERS"
 ACCESS_LOG_ENV = "XSELL_ACCESS_LOG"  # "1": BentoML logs one line per request
+STORE_ENV = "XSELL_STORE"  # event store: a folder (SQLite) or a SQLAlchemy URL
+DEFAULT_STORE = "xsell-store"
+# The experiment as `xsell serve` resolved it for the workers: every variant's model folder.
+VARIANTS_ENV = "XSELL_VARIANTS"
+RELOAD_ENV = "XSELL_RELOAD_SECONDS"  # how often workers look for a refreshed snapshot
 DEFAULT_MODEL_URI = "models:/xsell-ranker@champion"
 # The folder `xsell export-model` writes and bentofile.yaml packages into a bento.
 BUNDLED_MODEL = Path(__file__).resolve().parents[1] / "bento_model"
@@ -64,6 +89,8 @@ MAX_K = 50
 MAX_CART = 200
 MAX_ID_LENGTH = 128
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_BYTES = 1024 * 1024  # POST /events and /feedback: up to 1,000 rows
+BATCH_ROUTES = ("/events", "/feedback")
 
 Placement = Literal[s.PLACEMENTS]  # type: ignore[valid-type]
 Task = Literal[task_names()]  # type: ignore[valid-type]
@@ -164,24 +191,33 @@ class RankRequest(_Request):
 
 
 class Item(BaseModel):
-    """One recommended product."""
+    """One recommended product, at ``position`` (1 = first) of its task's list."""
 
     product_id: str
     score: float
     price: float
     reason: str
+    position: int = 1
 
 
 class _RecommendResponseBase(BaseModel):
     """One list per task (best first; empty when not asked for), the served policy per task,
     the model version and flags."""
 
+    recommendation_id: str = Field(
+        description="Report impressions, clicks and purchases against it (POST /feedback)."
+    )
+    variant: str = Field(description="The experiment variant that served this customer.")
     model_version: str
     policies: dict[str, str] = Field(
         description="Task -> served policy: 'ranker' or 'baseline:<name>' (the heuristic that "
         "beat the ranker on the holdout)."
     )
     fallback: bool = Field(description="Popularity was used (unknown customer, cold start).")
+    degraded: list[str] = Field(
+        default_factory=list,
+        description="What could not be used (the event store): the answer is the snapshot's.",
+    )
     warnings: list[str]
 
 
@@ -226,24 +262,61 @@ def default_model_uri() -> str:
 
 
 def serve(
-    *, model: str | None, host: str, port: int, workers: int, access_log: bool = False
+    *,
+    model: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool = False,
+    store: str | None = None,
+    experiment: str | Path | None = None,
 ) -> None:
     """Run the service on ``host:port`` until interrupted (``xsell serve``).
 
-    ``access_log``: BentoML's one line per request (off by default: rejected requests still
-    log one line each, see :mod:`serving.logs`).
+    Args:
+        model: Model folder or MLflow URI (default ``$XSELL_MODEL_URI``, else the champion).
+        access_log: BentoML's one line per request (off by default: rejected requests still
+            log one line each, see :mod:`serving.logs`).
+        store: The event store (folder or SQLAlchemy URL; default ``$XSELL_STORE``, else
+            ``./xsell-store``), created when missing.
+        experiment: An experiment file (:mod:`online.experiments`); none: one variant.
 
-    An MLflow URI is resolved and downloaded once, here, into a temporary folder that every
-    worker loads (and that is deleted on exit); a folder is served as it is.
+    Every MLflow URI is resolved and downloaded once, here, into a temporary folder that every
+    worker loads (and that is deleted on exit); a folder is served as it is, so
+    ``xsell snapshot refresh`` on it reaches the running service.
+
+    Raises:
+        ExperimentConfigError: The experiment file is invalid.
+        StoreError: The store exists at another schema version (``xsell store migrate``).
     """
     uri = model or os.environ.get(MODEL_URI_ENV) or DEFAULT_MODEL_URI
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    split = load_experiment(experiment) if experiment else single_variant()
+    location = store or os.environ.get(STORE_ENV) or DEFAULT_STORE
+    try:
+        EventStore.open(location).close()  # create it, or refuse an out-of-date one now
+    except StoreError as exc:
+        if "migrate" in str(exc):
+            raise
+        log.error("event store unavailable, serving from the snapshot alone: %s", exc)
     with tempfile.TemporaryDirectory(prefix="xsell-serve-") as tmp:
-        if Path(uri).is_dir():
-            folder = Path(uri).resolve()
-        else:
-            folder, _ = export_model(uri, Path(tmp) / "model")
-        os.environ[MODEL_URI_ENV] = str(folder)
+        folders: dict[str, dict[str, str]] = {}
+        by_uri: dict[str, dict[str, str]] = {}
+        for variant in split.variants:
+            source = variant.model or uri
+            if source not in by_uri:
+                if Path(source).is_dir():
+                    _, version = load_serving_model(source)
+                    folder = Path(source).resolve()
+                else:
+                    folder, version = export_model(source, Path(tmp) / f"model-{len(by_uri)}")
+                by_uri[source] = {"folder": str(folder), "version": version}
+            folders[variant.name] = by_uri[source]
+        resolved = Path(tmp) / "variants.json"
+        resolved.write_text(json.dumps({"experiment": split.model_dump(), "models": folders}))
+        os.environ[MODEL_URI_ENV] = folders[split.control]["folder"]
+        os.environ[VARIANTS_ENV] = str(resolved)
+        os.environ[STORE_ENV] = location
         os.environ[WORKERS_ENV] = str(workers)
         # Workers import this module afresh: the service config reads the variables.
         os.environ[ACCESS_LOG_ENV] = "1" if access_log else "0"
@@ -253,8 +326,29 @@ def serve(
         XsellService.serve_http(host=host, port=port)  # type: ignore[attr-defined]
 
 
-def model_card(model: XsellModel, version: str) -> dict[str, Any]:
-    """What ``GET /model`` answers: version, run, data range and headline metrics."""
+def load_variants() -> Variants:
+    """The variants this worker serves: ``$XSELL_VARIANTS`` (written by :func:`serve`), else
+    one variant of :func:`default_model_uri`."""
+    resolved = os.environ.get(VARIANTS_ENV)
+    if resolved:
+        spec = json.loads(Path(resolved).read_text())
+        split = Experiment.model_validate(spec["experiment"])
+        sources = {name: (m["folder"], m["version"]) for name, m in spec["models"].items()}
+    else:
+        split = single_variant()
+        sources = {split.control: (default_model_uri(), "")}
+    loaded: dict[str, tuple[XsellModel, str, Path | None]] = {}
+    models = {}
+    for name, (uri, version) in sources.items():
+        if uri not in loaded:
+            model, label = load_serving_model(uri)
+            loaded[uri] = (model, version or label, Path(uri) if Path(uri).is_dir() else None)
+        models[name] = loaded[uri]
+    return Variants(split, models)
+
+
+def model_card(model: XsellModel, version: str, variants: Variants | None = None) -> dict[str, Any]:
+    """What ``GET /model`` answers: version, run, data range, headline metrics, the split."""
     meta = model.meta
     metrics = {k: v for k, v in meta.get("metrics", {}).items() if ".baseline_" not in k}
     return {
@@ -268,6 +362,22 @@ def model_card(model: XsellModel, version: str) -> dict[str, Any]:
         "served_metrics": meta.get("served_metrics", {}),
         "customers": model.snapshot.n_customers,
         "products": model.snapshot.n_products,
+        "experiment": None
+        if variants is None
+        else {
+            "name": variants.experiment.name,
+            "control": variants.experiment.control,
+            "variants": [
+                {
+                    "name": v.name,
+                    "weight": variants.variant(v.name).weight,
+                    "model_version": v.version,
+                    "policies": {t.name: v.model.policy(t.name) for t in v.model.tasks},
+                    "snapshot_as_of": str(v.model.snapshot.as_of_timestamp),
+                }
+                for v in variants.served.values()
+            ],
+        },
     }
 
 
@@ -277,7 +387,7 @@ def model_card(model: XsellModel, version: str) -> dict[str, Any]:
 def _items(result: QueryResult | None) -> list[Item]:
     if result is None:
         return []
-    return [Item(**vars(r)) for r in result.items]
+    return [Item(**vars(r), position=i) for i, r in enumerate(result.items, start=1)]
 
 
 def _warnings(*results: QueryResult | None) -> list[str]:
@@ -300,10 +410,11 @@ class RequestGuard:
         headers = {k.lower(): v for k, v in scope["headers"]}
         media = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
         length = headers.get(b"content-length", b"0")
+        limit = MAX_BATCH_BYTES if scope["path"] in BATCH_ROUTES else MAX_BODY_BYTES
         if media not in (b"application/json", b""):
             status, error = 415, "the body must be JSON (application/json)"
-        elif not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            status, error = 413, f"the body must be at most {MAX_BODY_BYTES} bytes"
+        elif not length.isdigit() or int(length) > limit:
+            status, error = 413, f"the body must be at most {limit} bytes"
         else:
             return await self.app(scope, receive, send)
         log_rejected(status, "POST", scope["path"], error)
@@ -312,7 +423,33 @@ class RequestGuard:
 
 async def _model_info(request: Request) -> JSONResponse:
     service = bentoml.get_current_service()
-    return JSONResponse(model_card(service.model, service.version))
+    control = service.variants.default
+    return JSONResponse(model_card(control.model, control.version, service.variants))
+
+
+class ReadyProbe:
+    """ASGI middleware answering ``GET /readyz`` (BentoML's own probe answers an empty body):
+    200 with the model version and what is degraded (the event store), 503 before the model is
+    loaded."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/readyz" or scope["method"] != "GET":
+            return await self.app(scope, receive, send)
+        try:
+            service = bentoml.get_current_service()
+            variants = service.variants
+        except (AttributeError, LookupError, RuntimeError):
+            await JSONResponse({"ready": False, "degraded": ["model not loaded"]}, 503)(
+                scope, receive, send
+            )
+            return
+        problem = await to_thread.run_sync(service.store.status)
+        degraded = [] if problem is None else [f"event store: {problem}"]
+        body = {"ready": True, "model_version": variants.default.version, "degraded": degraded}
+        await JSONResponse(body)(scope, receive, send)
 
 
 async def _openapi(request: Request) -> JSONResponse:
@@ -348,53 +485,174 @@ class XsellService:
     """Loads one model version at start; each API method is one call into the model."""
 
     def __init__(self) -> None:
-        uri = default_model_uri()
-        self.model, self.version = load_serving_model(uri)
-        log.info("serving model %s from %s", self.version, uri)
+        self.variants = load_variants()
+        self.store = StoreHandle(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+        self.variants.watch(float(os.environ.get(RELOAD_ENV, "5")))
+        default = self.variants.default
+        log.info("serving model %s (%d variant(s))", default.version, len(self.variants.served))
+
+    @property
+    def model(self) -> XsellModel:
+        """The control variant's model."""
+        return self.variants.default.model
+
+    @property
+    def version(self) -> str:
+        """The control variant's model version."""
+        return self.variants.default.version
 
     def __is_ready__(self) -> bool:
-        return self.model is not None
+        return bool(self.variants.served)
+
+    def _live(self, served: ServedVariant, customer_id: str) -> tuple[LiveActivity, list[str]]:
+        """The customer's events since the variant's snapshot, or why they could not be read."""
+        store = self.store.get()
+        if store is None:
+            return NO_ACTIVITY, [f"event store: {self.store.problem}"]
+        cutoff = served.model.snapshot.as_of_timestamp.to_pydatetime()
+        try:
+            events = store.customer_events(customer_id, cutoff)
+        except StoreError as exc:
+            return NO_ACTIVITY, [f"event store: {self.store.failed(exc)}"]
+        return live_activity(served.model.snapshot, events), []
+
+    def _record(
+        self, served: ServedVariant, req: Any, lists: dict[str, list[Item]]
+    ) -> tuple[str, list[str]]:
+        """Store what was served; its id (and what went wrong, when it could not be stored)."""
+        rec_id = uuid.uuid4().hex
+        record = RecommendationRecord(
+            recommendation_id=rec_id,
+            customer_id=req.customer_id,
+            placement=req.placement,
+            variant=served.name,
+            model_version=served.version,
+            ts=shop_time(None),
+            items=tuple(
+                RecommendedItem(task, item.position, item.product_id, item.score, item.price)
+                for task, items in lists.items()
+                for item in items
+            ),
+        )
+        store = self.store.get()
+        if store is None:
+            return rec_id, [f"event store: {self.store.problem}; recommendation not recorded"]
+        try:
+            store.add_recommendation(record)
+        except StoreError as exc:
+            return rec_id, [f"event store: {self.store.failed(exc)}; recommendation not recorded"]
+        return rec_id, []
+
+    def _open_store(self) -> EventStore:
+        store = self.store.get()
+        if store is None:
+            raise StoreError(self.store.problem or "not open")
+        return store
+
+    def _unavailable(self, ctx: bentoml.Context, exc: StoreError) -> StoredResponse:
+        """503 naming the store's problem (BentoML would hide a 5xx exception's message)."""
+        message = f"event store unavailable: {self.store.failed(exc)}"
+        log.error("%s", message)
+        ctx.response.status_code = 503
+        return StoredResponse(stored=0, duplicates=0, error=message)
 
     @bentoml.api(route="/recommend", input_spec=RecommendRequest)
     async def recommend(self, **fields: Any) -> RecommendResponse:
-        """Cross-sells and upsells for one customer at one placement."""
+        """Cross-sells, upsells and replenishments for one customer at one placement."""
         req = RecommendRequest.model_construct(**fields)
-        out = self.model.recommend_one(
+        served = self.variants.for_customer(req.customer_id)
+        live, degraded = self._live(served, req.customer_id)
+        out = served.model.recommend_one(
             customer_id=req.customer_id,
             placement=req.placement,
             product_id=req.product_id,
             cart=list(req.cart),
             k=req.wanted(),
+            live=live,
         )
+        lists = {task: _items(result) for task, result in out.items()}
+        rec_id, not_recorded = self._record(served, req, lists)
+        degraded = list(dict.fromkeys(degraded + not_recorded))
         return RecommendResponse(
-            **{task: _items(result) for task, result in out.items()},
-            model_version=self.version,
+            **lists,
+            recommendation_id=rec_id,
+            variant=served.name,
+            model_version=served.version,
             policies={task: result.policy for task, result in out.items()},
             fallback=any(r.fallback for r in out.values()),
+            degraded=degraded,
             warnings=req.notes() + _warnings(*out.values()),
         )
+
+    @bentoml.api(route="/events", input_spec=EventsRequest)
+    async def events(self, ctx: bentoml.Context, **fields: Any) -> StoredResponse:
+        """Store live events (idempotent by ``event_id``); durable before the answer."""
+        req = EventsRequest.model_construct(**fields)
+        records = [e.record() for e in req.events]
+        try:
+            store = self._open_store()
+            refs = [(e.recommendation_id, e.product_id) for e in req.events]
+            await self._check_references(store, "events", refs)
+            stored, dupes = await to_thread.run_sync(store.add_events, records)
+        except StoreError as exc:
+            return self._unavailable(ctx, exc)
+        index = self.model.snapshot.product_index
+        unknown = list(dict.fromkeys(e.product_id for e in records if e.product_id not in index))
+        warnings = [f"product ids unknown to the model (stored, not used): {unknown[:5]}"]
+        return StoredResponse(stored=stored, duplicates=dupes, warnings=warnings if unknown else [])
+
+    @bentoml.api(route="/feedback", input_spec=FeedbackRequest)
+    async def feedback(self, ctx: bentoml.Context, **fields: Any) -> StoredResponse:
+        """Store impressions, clicks, adds and purchases against served recommendations."""
+        req = FeedbackRequest.model_construct(**fields)
+        try:
+            store = self._open_store()
+            refs = [(f.recommendation_id, f.product_id) for f in req.feedback]
+            await self._check_references(store, "feedback", refs)
+            rows = [f.record() for f in req.feedback]
+            stored, dupes = await to_thread.run_sync(store.add_feedback, rows)
+        except StoreError as exc:
+            return self._unavailable(ctx, exc)
+        return StoredResponse(stored=stored, duplicates=dupes)
+
+    async def _check_references(
+        self, store: EventStore, field: str, refs: Sequence[tuple[str | None, str | None]]
+    ) -> None:
+        """Every referenced recommendation (and item) exists (400 naming the row otherwise)."""
+        ids = {r for r, _ in refs if r is not None}
+        if not ids:
+            return
+
+        def lookup() -> dict[str, RecommendationRecord | None]:
+            return {i: store.recommendation(i) for i in ids}
+
+        check_references(field, refs, await to_thread.run_sync(lookup))
 
     @bentoml.api(route="/rank", input_spec=RankRequest)
     async def rank(self, **fields: Any) -> RankResponse:
         """Score a caller-supplied product list for one customer and context."""
         req = RankRequest.model_construct(**fields)
-        result = self.model.score_products(
+        served = self.variants.for_customer(req.customer_id)
+        live, _ = self._live(served, req.customer_id)
+        result = served.model.score_products(
             task=req.task,
             customer_id=req.customer_id,
             placement=req.placement,
             product_id=req.product_id,
             cart=list(req.cart),
             products=list(req.products),
+            live=live,
         )
         return RankResponse(
             task=req.task,
             policy=result.policy,
             items=_items(result),
-            model_version=self.version,
+            model_version=served.version,
             fallback=result.fallback,
             warnings=_warnings(result),
         )
 
 
 XsellService.add_asgi_middleware(RequestGuard)  # type: ignore[attr-defined]  # a Service
+XsellService.add_asgi_middleware(ReadyProbe)  # type: ignore[attr-defined]
 quiet_client_errors()  # a 4xx logs one line, not BentoML's traceback

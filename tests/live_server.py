@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,11 @@ from training.model import export_model
 
 @dataclass(frozen=True)
 class LiveServer:
-    """A running server: its base URL and the file its output goes to."""
+    """A running server: its base URL, the file its output goes to, its process (group) id."""
 
     base: str
     log: Path
+    pid: int = 0
 
 
 def export_shared_model(trained: Trained, folder: Path) -> tuple[Path, str]:
@@ -48,14 +50,20 @@ def free_port() -> int:
 
 @contextmanager
 def xsell_serve(
-    model_dir: Path, home: Path, *, env: Mapping[str, str | None] | None = None
+    model_dir: Path,
+    home: Path,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    args: Sequence[str] = (),
 ) -> Iterator[LiveServer]:
-    """``xsell serve --model model_dir`` until ``/readyz`` answers 200; stopped on exit.
+    """``xsell serve --model model_dir --store home/store`` until ``/readyz`` answers 200;
+    stopped on exit.
 
     Args:
         model_dir: The model folder to serve.
-        home: ``BENTOML_HOME`` and the folder of ``server.log``.
+        home: ``BENTOML_HOME``, the folder of ``server.log`` and of the event store.
         env: Extra environment variables (None: remove the variable).
+        args: Further ``xsell serve`` options (``--store`` here replaces the default).
     """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -69,7 +77,16 @@ def xsell_serve(
     cli = [sys.executable, "-c", "from training.cli import main; main()"]
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [*cli, "serve", "--port", str(port), "--model", str(model_dir)],
+            [
+                *cli,
+                "serve",
+                "--port",
+                str(port),
+                "--model",
+                str(model_dir),
+                *([] if "--store" in args else ["--store", str(home / "store")]),
+                *args,
+            ],
             env=environ,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -86,9 +103,10 @@ def xsell_serve(
             except httpx.HTTPError:
                 pass
             time.sleep(0.25)
-        yield LiveServer(base, log_path)
+        yield LiveServer(base, log_path, proc.pid)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

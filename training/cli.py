@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -41,7 +41,7 @@ def _options(
     configure_output(verbose)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -357,20 +357,65 @@ def serve_cmd(
     access_log: Annotated[
         bool, typer.Option("--access-log", help="Log one line per request (BentoML access log)")
     ] = False,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="Event store: a folder (SQLite, created) or a SQLAlchemy URL "
+            "[default: $XSELL_STORE or ./xsell-store]"
+        ),
+    ] = None,
+    experiment: Annotated[
+        Path | None, typer.Option(help="Experiment file: the traffic split between variants")
+    ] = None,
 ) -> None:
-    """Start the prediction API (BentoML) on one model version; Ctrl-C to stop."""
+    """Start the prediction API (BentoML); Ctrl-C to stop."""
     import subprocess
 
-    typer.echo(f"xsell API on http://{host}:{port} (POST /recommend, /rank; GET /model)")
+    typer.echo(
+        f"xsell API on http://{host}:{port} "
+        "(POST /recommend, /rank, /events, /feedback; GET /model, /readyz, /preview)"
+    )
     cmd = [sys.executable, "-m", "serving", "--host", host, "--port", str(port)]
     cmd += ["--workers", str(workers), *(["--model", model] if model else [])]
     cmd += ["--access-log"] if access_log else []
+    cmd += ["--store", store] if store else []
+    cmd += ["--experiment", str(experiment)] if experiment else []
     try:
         code = subprocess.run(cmd, check=False).returncode
     except KeyboardInterrupt:
         code = 0
     if code:
         raise typer.Exit(code)
+
+
+snapshot_app = typer.Typer(help="The feature snapshot a model folder serves.")
+app.add_typer(snapshot_app, name="snapshot")
+
+
+@snapshot_app.command("refresh")
+def snapshot_refresh_cmd(
+    model_dir: Annotated[Path, typer.Option(help="Model folder (what xsell serve --model serves)")],
+    data: Annotated[Path, typer.Option(help="Shop folder with the newer data")],
+    until: Annotated[
+        str | None, typer.Option(help="New cut-off [default: just after the data's last row]")
+    ] = None,
+) -> None:
+    """Rebuild the snapshot from newer data for the same rankers (no retraining); a running
+    service on MODEL_DIR picks it up within seconds, without a restart."""
+    import pandas as pd
+
+    from features.recommend import ModelLoadError
+    from training.model import refresh_model_snapshot
+
+    try:
+        cutoff = pd.Timestamp(until) if until else None
+        snapshot = refresh_model_snapshot(model_dir, data, until=cutoff)
+    except (ModelLoadError, DataValidationError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"refreshed {model_dir}: snapshot as of {snapshot.as_of_timestamp} "
+        f"({snapshot.n_customers} customers, {snapshot.n_products} products)"
+    )
 
 
 @app.command("export-model")
@@ -385,3 +430,63 @@ def export_model_cmd(
 
     folder, version = export_model(model, out)
     typer.echo(f"wrote model {version} to {folder}")
+
+
+# --------------------------------------------------------------------------- experiment report
+
+experiment_app = typer.Typer(
+    help="Online A/B experiments on the live event store.", no_args_is_help=True
+)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("report")
+def experiment_report_cmd(
+    store: Annotated[
+        str, typer.Option("--store", help="Event store: a folder holding events.db, or a URL")
+    ],
+    control: Annotated[
+        str | None,
+        typer.Option(help="Control variant [default: champion, else the most impressed one]"),
+    ] = None,
+    window_hours: Annotated[
+        float, typer.Option(help="Attribution window after a recommendation, in hours")
+    ] = 24.0,
+    log_mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the report as an MLflow run")
+    ] = True,
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the report run")
+    ] = "xsell-experiments",
+) -> None:
+    """A/B report per variant and task, with 95% intervals and tests against the control.
+
+    CTR, conversion, revenue per impression, attach and upgrade rates and AOV from the event
+    store; printed, and logged as an MLflow run unless --no-mlflow.
+    """
+    from datetime import timedelta
+
+    from online.report import experiment_report, render, verdict_line
+    from online.store import EventStore, StoreError
+
+    if not window_hours > 0:
+        _fail(f"--window-hours must be positive, got {window_hours:g}")
+    try:
+        events = EventStore.open(store, create=False)
+        try:
+            tables = events.tables()
+        finally:
+            events.close()
+        report = experiment_report(tables, control=control, window=timedelta(hours=window_hours))
+    except (StoreError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(render(report))
+    typer.echo("")
+    typer.echo(verdict_line(report))
+    if log_mlflow:
+        from training.experiment import log_report
+
+        run_id = log_report(report, experiment_name=experiment)
+        typer.echo(f"run {run_id} (MLflow experiment {experiment}; view: xsell ui)")
+    else:
+        typer.echo("not logged to MLflow (--no-mlflow)")

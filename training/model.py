@@ -13,7 +13,9 @@ from typing import Any
 
 import pandas as pd
 
-from features.recommend import ModelLoadError, XsellModel
+from features.data.io import load_shop
+from features.recommend import ModelLoadError, XsellModel, refresh_snapshot
+from features.snapshot import FeatureSnapshot, build_snapshot
 
 __all__ = [
     "ModelLoadError",
@@ -120,3 +122,32 @@ class XsellPyfunc(_pyfunc_base()):  # type: ignore[misc]
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
         """Score a query frame; see :meth:`XsellModel.recommend`."""
         return self.model.recommend(model_input)
+
+
+def refresh_model_snapshot(
+    folder: str | Path, data: str | Path, *, until: pd.Timestamp | None = None
+) -> FeatureSnapshot:
+    """``xsell snapshot refresh``: rebuild a model folder's snapshot from newer data, for the
+    same rankers (no retraining); a service serving the folder swaps it in within seconds.
+
+    Args:
+        folder: A model folder (``xsell export-model``, or what ``xsell serve --model`` serves).
+        data: The shop folder with the newer data (e.g. ``xsell events export`` output).
+        until: The new cut-off (rows strictly before it); default just after the data's last row.
+
+    Raises:
+        ModelLoadError: Not a model folder, or the new data changes the feature columns.
+        DataValidationError: The shop folder is invalid.
+        ValueError: The new cut-off is not later than the current snapshot's.
+    """
+    model = XsellModel.load(folder)
+    shop = load_shop(data)
+    cutoff = pd.Timestamp(until) if until is not None else shop.time_range()[1] + pd.Timedelta(1, "s")
+    if cutoff <= model.snapshot.as_of_timestamp:
+        raise ValueError(
+            f"the new cut-off {cutoff} is not later than the served snapshot "
+            f"({model.snapshot.as_of_timestamp}); nothing to refresh"
+        )
+    snapshot = build_snapshot(shop, as_of=cutoff, config=model.snapshot.config)
+    refresh_snapshot(folder, snapshot)
+    return snapshot

@@ -13,7 +13,12 @@ TASK = register_task(
         description="consumables the customer bought before, when they are due again",
         queries=replenish_queries,
         eligibility=(rules.bought_consumable, rules.not_in_context),
-        guardrails=(rules.not_in_context, rules.in_stock, rules.bought_consumable),
+        guardrails=(
+            rules.not_in_context,
+            rules.in_stock,
+            rules.bought_consumable,
+            rules.not_just_bought,
+        ),
         diverse=True,
         placements={"cart": 2, "checkout": 2, "post_purchase": 3},
         baselines=(

@@ -105,9 +105,10 @@ def test_the_document_declares_every_route_and_answer(server: LiveServer) -> Non
     doc = httpx.get(f"{server.base}/docs.json").json()
     assert doc["openapi"] == "3.1.0"
     paths = doc["paths"]
-    for route in ("/recommend", "/rank"):
+    for route in ("/recommend", "/rank", "/events", "/feedback"):
         post = paths[route]["post"]
-        assert set(post["responses"]) == {"200", "400", "413", "415", "500"}
+        store = {"503"} if route in ("/events", "/feedback") else set()
+        assert set(post["responses"]) == {"200", "400", "413", "415", "500", *store}
         body = post["requestBody"]["content"]["application/json"]["schema"]
         assert body["$ref"].startswith("#/components/schemas/")
     schemas = doc["components"]["schemas"]
@@ -115,8 +116,9 @@ def test_the_document_declares_every_route_and_answer(server: LiveServer) -> Non
     assert detail["type"] == "array"
     assert {"InvalidArgument", "NotFound"}.isdisjoint(schemas)
     assert set(paths["/model"]) == {"get"} and set(paths["/preview"]) == {"get"}
-    for probe in ("/healthz", "/readyz"):
-        assert "text/plain" in paths[probe]["get"]["responses"]["200"]["content"]
+    assert "text/plain" in paths["/healthz"]["get"]["responses"]["200"]["content"]
+    ready = paths["/readyz"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ready["schema"]["$ref"].endswith("/ReadyBody")
 
 
 @pytest.mark.server
@@ -129,6 +131,8 @@ def test_live_service_matches_its_openapi_document(fuzz_run: FuzzRun) -> None:
     assert set(fuzz_run.calls) >= {
         "POST /recommend",
         "POST /rank",
+        "POST /events",
+        "POST /feedback",
         "GET /model",
         "GET /preview",
         "GET /healthz",

@@ -7,9 +7,7 @@ service's ASGI app through ``httpx.ASGITransport``, the ``server`` test starts `
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -18,6 +16,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from asgi_client import AsgiClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_server import export_shared_model, xsell_serve
@@ -31,6 +30,7 @@ from serving.service import (
     MAX_BODY_BYTES,
     MAX_CART,
     MODEL_URI_ENV,
+    STORE_ENV,
     Placement,
     RecommendRequest,
     RecommendResponse,
@@ -39,42 +39,6 @@ from serving.service import (
 from training.model import XsellModel, load_serving_model
 
 UNKNOWN_CUSTOMER = "NEVER-SEEN"
-
-
-class AsgiClient:
-    """A synchronous client for an ASGI app, with its lifespan run on a private event loop."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self._call(self._open())
-
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
-
-    async def _open(self) -> None:
-        self.lifespan = self.app.router.lifespan_context(self.app)
-        await self.lifespan.__aenter__()
-        transport = httpx.ASGITransport(app=self.app)
-        self.client = httpx.AsyncClient(transport=transport, base_url="http://xsell")
-
-    async def _close(self) -> None:
-        await self.client.aclose()
-        await self.lifespan.__aexit__(None, None, None)
-
-    def get(self, url: str) -> httpx.Response:
-        return self._call(self.client.get(url))
-
-    def post(self, url: str, **kwargs: Any) -> httpx.Response:
-        return self._call(self.client.post(url, **kwargs))
-
-    def close(self) -> None:
-        self._call(self._close())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 
 @pytest.fixture(scope="session")
@@ -91,10 +55,11 @@ def model(model_dir: Path) -> XsellModel:
 
 
 @pytest.fixture(scope="module")
-def api(model_dir: Path) -> Iterator[AsgiClient]:
-    """The service's ASGI app serving ``model_dir``."""
+def api(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsgiClient]:
+    """The service's ASGI app serving ``model_dir``, with an event store of its own."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(MODEL_URI_ENV, str(model_dir))
+        mp.setenv(STORE_ENV, str(tmp_path_factory.mktemp("store")))
         mp.setenv("BENTOML_DO_NOT_TRACK", "True")
         client = AsgiClient(XsellService.to_asgi())
     yield client
