@@ -136,8 +136,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: str, port: int, workers: int, home: Path) -> subprocess.Popen:
-    """``xsell serve`` in its own process group, logs to ``home/server.log``."""
+def start_server(
+    model: str, port: int, workers: int, home: Path, *, store: Path | None = None
+) -> subprocess.Popen:
+    """``xsell serve`` in its own process group, logs to ``home/server.log``, its event store
+    in ``store`` (default ``home/store``)."""
     env = {
         **os.environ,
         "BENTOML_HOME": str(home),
@@ -155,8 +158,10 @@ def start_server(model: str, port: int, workers: int, home: Path) -> subprocess.
         model,
         "--workers",
         str(workers),
+        "--store",
+        str(store or home / "store"),
     ]
-    log = (home / "server.log").open("w")
+    log = (home / "server.log").open("a")
     return subprocess.Popen(
         cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )

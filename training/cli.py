@@ -418,6 +418,57 @@ def snapshot_refresh_cmd(
     )
 
 
+store_app = typer.Typer(help="The live event store of xsell serve.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+StoreOption = Annotated[
+    str, typer.Option("--store", help="Event store: a folder (SQLite) or a SQLAlchemy URL")
+]
+
+
+@store_app.command("migrate")
+def store_migrate_cmd(store: StoreOption = "xsell-store") -> None:
+    """Bring an existing event store to this code's schema version (explicit, logged)."""
+    from online.store import StoreError, migrate_store
+
+    try:
+        before, after = migrate_store(store)
+    except StoreError as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"store {store}: schema version {before} -> {after}"
+        if before != after
+        else f"store {store}: already at schema version {after}"
+    )
+
+
+@store_app.command("export")
+def store_export_cmd(
+    data: Annotated[Path, typer.Option(help="The shop folder the live events extend")],
+    out: Annotated[Path, typer.Option(help="New shop folder: the shop plus the live events")],
+    store: StoreOption = "xsell-store",
+    fmt: Format = "parquet",
+) -> None:
+    """Write the shop plus the stored live purchases, views and carts (and feedback clicks and
+    adds) in the data contract, for the next `xsell train` or `xsell snapshot refresh`."""
+    from online.export import export_to_contract
+    from online.store import EventStore, StoreError
+
+    if fmt not in ("parquet", "csv"):
+        _fail(f"--format must be parquet or csv, not {fmt!r}")
+    try:
+        opened = EventStore.open(store, create=False)
+        summary = export_to_contract(opened, data, out, fmt=fmt)  # type: ignore[arg-type]
+    except (StoreError, DataValidationError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"wrote {summary.out}: +{summary.purchases_added} purchase lines, "
+        f"+{summary.events_added + summary.feedback_events_added} events, "
+        f"{summary.impressions} impressions under feedback/; "
+        f"{summary.skipped_before_cutoff} older than the shop's data skipped"
+        + (f"; dropped {summary.dropped}" if summary.dropped else "")
+    )
+
+
 @app.command("export-model")
 def export_model_cmd(
     out: Annotated[Path, typer.Option(help="Folder to write")] = Path("bento_model"),
@@ -490,3 +541,37 @@ def experiment_report_cmd(
         typer.echo(f"run {run_id} (MLflow experiment {experiment}; view: xsell ui)")
     else:
         typer.echo("not logged to MLflow (--no-mlflow)")
+
+
+# --------------------------------------------------------------------------- simulator
+
+
+@app.command("simulate")
+def simulate_cmd(
+    url: Annotated[str, typer.Option(help="Base URL of a running xsell serve")],
+    data: Annotated[Path, typer.Option(help="The synthetic shop the served model learnt from")],
+    visits: Annotated[int, typer.Option(min=1, help="Number of simulated visits")],
+    seed: Annotated[int, typer.Option(help="Seed (same seed, same answers: same visits)")] = 0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Visits in flight at once")] = 1,
+) -> None:
+    """Closed loop on the synthetic shop: simulated customers call the API, respond to what
+    they are shown by the shop's planted behaviour and post impressions, clicks and orders
+    (then: xsell experiment report --store ...)."""
+    from online.simulate import SimulationError, simulate
+
+    try:
+        summary = simulate(
+            url,
+            data,
+            visits=visits,
+            seed=seed,
+            concurrency=concurrency,
+            progress=True,
+            echo=typer.echo,
+        )
+    except (SimulationError, DataValidationError) as exc:
+        _fail(str(exc))
+    for line in summary.lines():
+        typer.echo(line)
+    if summary.errors:
+        _fail(f"{summary.errors} request(s) failed (first: {summary.first_errors[0]})", code=1)
