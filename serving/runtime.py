@@ -6,6 +6,10 @@
   each request is served by the customer's variant.
 - **Store**: opened at start; when it is down the service still answers from the snapshot and
   says so (``degraded``), and retries opening it every :data:`RETRY_SECONDS`.
+- **Recommendation log** (:class:`RecommendationLog`): what ``/recommend`` served is queued and
+  written by a background thread in batches (one commit per batch, not an fsync per request);
+  a lookup (``POST /feedback``) sees queued records at once, and a miss waits one flush interval
+  and looks again, which covers another worker's queue.
 - **Snapshot reload**: a daemon thread polls each model folder's snapshot pointer
   (:func:`features.recommend.snapshot_stamp`) every ``$XSELL_RELOAD_SECONDS`` (default 5) and
   swaps a refreshed snapshot in (``xsell snapshot refresh``): requests keep being answered by the
@@ -20,15 +24,17 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from online.store import EventStore, StoreError
-
 from features.recommend import ModelLoadError, XsellModel, snapshot_stamp
 from features.snapshot import FeatureSnapshot
 from online.experiments import Experiment, Variant
+from online.records import RecommendationRecord
+from online.store import EventStore, StoreError
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
+FLUSH_SECONDS = 0.05  # the recommendation log's write interval
+FLUSH_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -191,3 +197,82 @@ class StoreHandle:
         problem = store.check()
         self.problem = problem
         return problem
+
+
+class RecommendationLog:
+    """Writes served recommendations to the store from a background thread, in batches.
+
+    ``/recommend`` only appends to a queue (microseconds); the writer commits whatever is
+    queued every :data:`FLUSH_SECONDS` (or at :data:`FLUSH_ROWS`). A record that cannot be
+    written (the store down) is dropped and counted in ``lost`` (the answer was already served;
+    feedback against it will be refused as unknown) and the failure is logged.
+    """
+
+    def __init__(self, handle: StoreHandle) -> None:
+        self.handle = handle
+        self.lost = 0
+        self._queue: list[RecommendationRecord] = []
+        self._pending: dict[str, RecommendationRecord] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="xsell-rec-log", daemon=True)
+        self._thread.start()
+
+    def add(self, record: RecommendationRecord) -> None:
+        """Queue ``record`` for the store."""
+        with self._lock:
+            self._queue.append(record)
+            self._pending[record.recommendation_id] = record
+            if len(self._queue) >= FLUSH_ROWS:
+                self._wake.set()
+
+    def get(self, recommendation_id: str) -> RecommendationRecord | None:
+        """A queued or stored record (a miss waits one flush and looks again).
+
+        Raises:
+            StoreError: The store cannot be read.
+        """
+        for attempt in range(2):
+            with self._lock:
+                queued = self._pending.get(recommendation_id)
+            if queued is not None:
+                return queued
+            store = self.handle.get()
+            if store is None:
+                raise StoreError(self.handle.problem or "event store not open")
+            found = store.recommendation(recommendation_id)
+            if found is not None or attempt:
+                return found
+            time.sleep(2 * FLUSH_SECONDS)
+        return None
+
+    def flush(self) -> int:
+        """Write what is queued now; the number written."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        if not batch:
+            return 0
+        store = self.handle.get()
+        try:
+            if store is None:
+                raise StoreError(self.handle.problem or "event store not open")
+            store.add_recommendations(batch)
+        except StoreError as exc:
+            self.lost += len(batch)
+            log.error("%d recommendations not recorded: %s", len(batch), self.handle.failed(exc))
+            written = 0
+        else:
+            written = len(batch)
+        with self._lock:
+            for record in batch:
+                self._pending.pop(record.recommendation_id, None)
+        return written
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception:  # the writer must never die
+                log.exception("recommendation log flush failed")

@@ -69,7 +69,7 @@ from serving.live import (
 from serving.logs import log_rejected, quiet_client_errors
 from serving.openapi import openapi_document
 from serving.preview import preview_page  # GET /preview (HTML page)
-from serving.runtime import ServedVariant, StoreHandle, Variants
+from serving.runtime import RecommendationLog, ServedVariant, StoreHandle, Variants
 from training.model import XsellModel, export_model, load_serving_model
 
 log = logging.getLogger(__name__)
@@ -487,6 +487,7 @@ class XsellService:
     def __init__(self) -> None:
         self.variants = load_variants()
         self.store = StoreHandle(os.environ.get(STORE_ENV) or DEFAULT_STORE)
+        self.recommendations = RecommendationLog(self.store)
         self.variants.watch(float(os.environ.get(RELOAD_ENV, "5")))
         default = self.variants.default
         log.info("serving model %s (%d variant(s))", default.version, len(self.variants.served))
@@ -534,13 +535,9 @@ class XsellService:
                 for item in items
             ),
         )
-        store = self.store.get()
-        if store is None:
+        if self.store.get() is None:
             return rec_id, [f"event store: {self.store.problem}; recommendation not recorded"]
-        try:
-            store.add_recommendation(record)
-        except StoreError as exc:
-            return rec_id, [f"event store: {self.store.failed(exc)}; recommendation not recorded"]
+        self.recommendations.add(record)  # written by the log's thread, in batches
         return rec_id, []
 
     def _open_store(self) -> EventStore:
@@ -592,7 +589,7 @@ class XsellService:
         try:
             store = self._open_store()
             refs = [(e.recommendation_id, e.product_id) for e in req.events]
-            await self._check_references(store, "events", refs)
+            await self._check_references("events", refs)
             stored, dupes = await to_thread.run_sync(store.add_events, records)
         except StoreError as exc:
             return self._unavailable(ctx, exc)
@@ -608,7 +605,7 @@ class XsellService:
         try:
             store = self._open_store()
             refs = [(f.recommendation_id, f.product_id) for f in req.feedback]
-            await self._check_references(store, "feedback", refs)
+            await self._check_references("feedback", refs)
             rows = [f.record() for f in req.feedback]
             stored, dupes = await to_thread.run_sync(store.add_feedback, rows)
         except StoreError as exc:
@@ -616,7 +613,7 @@ class XsellService:
         return StoredResponse(stored=stored, duplicates=dupes)
 
     async def _check_references(
-        self, store: EventStore, field: str, refs: Sequence[tuple[str | None, str | None]]
+        self, field: str, refs: Sequence[tuple[str | None, str | None]]
     ) -> None:
         """Every referenced recommendation (and item) exists (400 naming the row otherwise)."""
         ids = {r for r, _ in refs if r is not None}
@@ -624,7 +621,7 @@ class XsellService:
             return
 
         def lookup() -> dict[str, RecommendationRecord | None]:
-            return {i: store.recommendation(i) for i in ids}
+            return {i: self.recommendations.get(i) for i in ids}
 
         check_references(field, refs, await to_thread.run_sync(lookup))
 
