@@ -17,6 +17,12 @@ Versions:
    ``recommendation_items`` and ``feedback`` (index on ``recommendation_id``).
 2. An index on ``events.recommendation_id``: attributing live events to the recommendation
    they answer (the experiment report) without scanning every event.
+3. The per-customer read (``customer_events``, on every request) from one index range: an
+   index on ``(customer_id, ts, event_id)`` followed by every other column the read returns
+   replaces ``(customer_id, ts)``. On a store of a million events it reads one or two index
+   pages instead of one table page per event and needs no sort (p50 0.21 -> 0.09 ms for the
+   query; the database grows by about 45% and a 500-event batch costs 10-20% more:
+   ``benchmarks/store.py``).
 """
 
 from __future__ import annotations
@@ -118,11 +124,38 @@ def _v2_index_events_recommendation(conn: sa.Connection) -> None:
     sa.Index("ix_events_recommendation_id", events.c.recommendation_id).create(conn)
 
 
+def _v3_covering_customer_index(conn: sa.Connection) -> None:
+    """Version 3: the per-customer read from one index (frozen: never edit, add a step)."""
+    md = sa.MetaData()
+    events = sa.Table("events", md, *(sa.Column(name, sa.String) for name in _V3_READ_COLUMNS))
+    sa.Index("ix_events_customer_ts", events.c.customer_id, events.c.ts).drop(conn)
+    sa.Index("ix_events_customer_read", *(events.c[name] for name in _V3_READ_COLUMNS)).create(conn)
+
+
+# Version 3's index key: the read's filter and order, then every column it returns.
+_V3_READ_COLUMNS = (
+    "customer_id",
+    "ts",
+    "event_id",
+    "event_type",
+    "product_id",
+    "order_id",
+    "unit_price",
+    "quantity",
+    "session_id",
+    "recommendation_id",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1, "create events, recommendations, recommendation_items, feedback", _v1_create_tables
     ),
     Migration(2, "index events.recommendation_id", _v2_index_events_recommendation),
+    Migration(
+        3,
+        "covering index for the per-customer read (replaces ix_events_customer_ts)",
+        _v3_covering_customer_index,
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -12,6 +12,13 @@ half-way.
 Ingest is idempotent: a repeated ``event_id`` (or ``feedback_id``, or ``recommendation_id``)
 is ignored, within a batch and across batches, and counted as a duplicate.
 
+Speed on SQLite (figures from ``benchmarks/store.py``): the statements on the request and
+ingest paths are SQLAlchemy Core statements compiled once, and on SQLite run as that SQL on
+the pooled raw DBAPI connection, because Core's per-call work is as large as the query
+itself there (see :class:`_Sql`); every other database runs them through Core. The write-ahead
+log is copied into the database by a background thread (:class:`_Checkpointer`), not inside
+an ingest call, and the per-customer read is served from one covering index (migration 3).
+
 Every store problem (unreachable, read-only, full, corrupt, schema mismatch) is raised as
 :class:`StoreError` with one line saying which and where; the URL is shown with its password
 masked. Arguments that break the records' contract (an unknown event type, an aware
@@ -26,8 +33,10 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,10 +62,28 @@ log = logging.getLogger(__name__)
 DB_FILE = "events.db"
 BUSY_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5
+# SQLite: the committing writer copies the write-ahead log into the database only past this
+# many pages (a backstop: 160 MB of log with 4 KiB pages); the store's background thread does
+# it every CHECKPOINT_INTERVAL_S. After a checkpoint the log file is cut back to
+# WAL_SIZE_LIMIT_BYTES.
+WAL_AUTOCHECKPOINT_PAGES = 40_000
+CHECKPOINT_INTERVAL_S = 0.25
+WAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # check() calls a SQLite store full with less room than this (page limit or file system).
 MIN_FREE_BYTES = 16 * 1024 * 1024
 _BEGIN = "xsell_begin"  # execution option: the statement that opens a SQLite transaction
 _PG_MIGRATION_LOCK = 0x7853454C4C  # pg_advisory_xact_lock key serialising migrations
+
+_EVENT_FIELDS = tuple(f.name for f in fields(LiveEvent))
+_RECOMMENDATION_FIELDS = tuple(f.name for f in fields(RecommendationRecord) if f.name != "items")
+_ITEM_FIELDS = tuple(f.name for f in fields(RecommendedItem))
+# customer_events filters on the first two and orders by the first three; the rest of the
+# index is every other column it returns, so the read never touches the table.
+_CUSTOMER_READ_KEY = ("customer_id", "ts", "event_id")
+_CUSTOMER_READ_INDEX = (
+    *_CUSTOMER_READ_KEY,
+    *(name for name in _EVENT_FIELDS if name not in _CUSTOMER_READ_KEY),
+)
 
 # The tables as this code reads and writes them. Their history is online.migrations; a test
 # checks that applying every migration gives exactly these columns and indexes. Columns are
@@ -76,7 +103,7 @@ events = sa.Table(
     sa.Column("session_id", sa.String),
     sa.Column("recommendation_id", sa.String),
     sa.Column("received_at", sa.DateTime, nullable=False),
-    sa.Index("ix_events_customer_ts", "customer_id", "ts"),
+    sa.Index("ix_events_customer_read", *_CUSTOMER_READ_INDEX),
     sa.Index("ix_events_recommendation_id", "recommendation_id"),
 )
 recommendations = sa.Table(
@@ -114,10 +141,6 @@ feedback = sa.Table(
 )
 TABLES: tuple[sa.Table, ...] = (events, recommendations, recommendation_items, feedback)
 
-_EVENT_FIELDS = tuple(f.name for f in fields(LiveEvent))
-_FEEDBACK_FIELDS = tuple(f.name for f in fields(Feedback))
-_RECOMMENDATION_FIELDS = tuple(f.name for f in fields(RecommendationRecord) if f.name != "items")
-_ITEM_FIELDS = tuple(f.name for f in fields(RecommendedItem))
 _EVENT_TYPES = frozenset(EVENT_TYPES)
 _FEEDBACK_TYPES = frozenset(FEEDBACK_TYPES)
 
@@ -238,13 +261,21 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         if str(mode).lower() != "wal":
             log.warning("event store: SQLite journal mode is %s, not wal", mode)
         cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+        cursor.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
     finally:
         cursor.close()
 
 
 def _on_sqlite_begin(conn: sa.Connection) -> None:
-    """Open a SQLite transaction: ``BEGIN IMMEDIATE`` for writes (waits for the lock)."""
-    conn.exec_driver_sql(conn.get_execution_options().get(_BEGIN, "BEGIN"))
+    """Open a SQLite transaction: ``BEGIN IMMEDIATE`` for writes (waits for the lock).
+
+    Sent on the driver connection itself: through Core it would cost a statement execution
+    per transaction.
+    """
+    driver = conn.connection.driver_connection
+    assert driver is not None  # inside the begin event the connection is checked out
+    driver.execute(conn.get_execution_options().get(_BEGIN, "BEGIN"))
 
 
 def _create_engine(target: _Target) -> sa.Engine:
@@ -308,12 +339,26 @@ def _feedback_row(row: Feedback, received_at: datetime) -> dict[str, Any]:
     return {**vars(row), "received_at": received_at}
 
 
+def _recommendation_rows(
+    record: RecommendationRecord,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``recommendations`` row and the ``recommendation_items`` rows of a record."""
+    _naive(record.ts, f"recommendation {record.recommendation_id!r}")
+    head = {name: getattr(record, name) for name in _RECOMMENDATION_FIELDS}
+    items = [{"recommendation_id": record.recommendation_id, **vars(item)} for item in record.items]
+    return head, items
+
+
 def _unique_by(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     """First row per ``key`` value, in order (duplicates within one batch)."""
     first: dict[Any, dict[str, Any]] = {}
     for row in rows:
         first.setdefault(row[key], row)
     return list(first.values())
+
+
+def _index_order(row: dict[str, Any]) -> tuple[str, datetime]:
+    return row["customer_id"], row["ts"]
 
 
 def _utc_now() -> datetime:
@@ -333,6 +378,158 @@ def _frame(rows: Sequence[sa.Row[Any]], table: sa.Table) -> pd.DataFrame:
     return frame
 
 
+class _Checkpointer:
+    """Copies a SQLite store's write-ahead log into the database file off the commit path.
+
+    SQLite's automatic checkpoint (every 1,000 pages by default) runs inside the commit that
+    crosses the threshold, so on a store of a million events one 500-event ``add_events`` in
+    two paid for copying everyone's pages: p50 50-60 ms instead of 20-25
+    (``benchmarks/store.py``). Here the writers' automatic checkpoint is only a backstop
+    (:data:`WAL_AUTOCHECKPOINT_PAGES`), and a daemon thread runs a ``PASSIVE`` checkpoint,
+    which never waits for readers or writers, at most every :data:`CHECKPOINT_INTERVAL_S`
+    while there are new commits. Under a sustained maximal ingest the log still grows to the
+    backstop now and then, and that commit pays for the frames the thread had not copied yet.
+    Several processes on one file each run their own; one busy with it makes the others skip
+    a turn.
+    """
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self._engine = engine
+        self._pending = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="xsell-store-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Note a commit: the next turn checkpoints."""
+        self._pending.set()
+
+    def stop(self) -> None:
+        """Stop the thread after its current checkpoint (idempotent)."""
+        self._stopping.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(CHECKPOINT_INTERVAL_S):
+            if self._pending.is_set():
+                self._pending.clear()
+                self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """One ``PASSIVE`` checkpoint; a failure is logged (the backstop still applies)."""
+        try:
+            raw = self._engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                cursor.close()
+            finally:
+                raw.close()
+        except (sa.exc.SQLAlchemyError, sqlite3.Error) as exc:
+            log.warning("event store: background checkpoint failed: %s", describe_error(exc))
+
+
+@dataclass(frozen=True)
+class _Sql:
+    """A statement on a hot path: its Core form and, on SQLite, the same statement compiled
+    once to ``?`` SQL for the raw DBAPI connection.
+
+    On SQLite, Core's per-execution work (parameter processing per row, result processing,
+    the statement machinery) costs as much as the query on the per-request reads and about a
+    third of an ``add_events`` call (``benchmarks/store.py`` prints both paths). The SQL is
+    compiled from the Core statement and values go through SQLAlchemy's own SQLite bind
+    processors (DATETIME through an equivalent C formatter, checked against SQLAlchemy's when
+    the statement is built), so both paths read and write identical rows (tested); other
+    databases run the Core statement.
+
+    Attributes:
+        statement: The Core statement (named bind parameters).
+        sql: Its SQLite SQL (None: run ``statement`` through Core).
+        params: Parameter names in placeholder order.
+        binders: ``(position, processor)`` for the parameters whose type has a bind processor.
+        timestamps: Positions of the selected DateTime columns (ISO text on SQLite).
+    """
+
+    statement: Any
+    sql: str | None = None
+    params: tuple[str, ...] = ()
+    binders: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+    timestamps: tuple[int, ...] = ()
+
+    @classmethod
+    def of(
+        cls, statement: Any, dialect: sa.Dialect, *, columns: Sequence[str] | None = None
+    ) -> _Sql:
+        """``statement`` for ``dialect``; ``columns``: the keys an insert's rows carry."""
+        if dialect.name != "sqlite":
+            return cls(statement)
+        compiled = statement.compile(dialect=dialect, column_keys=columns)
+        params = tuple(compiled.positiontup or ())
+        binders = []
+        for i, name in enumerate(params):
+            process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                binders.append((i, _faster(process)))
+        selected = getattr(statement, "selected_columns", ())
+        timestamps = tuple(i for i, c in enumerate(selected) if isinstance(c.type, sa.DateTime))
+        return cls(statement, str(compiled), params, tuple(binders), timestamps)
+
+    def args(self, values: dict[str, Any]) -> list[Any]:
+        """The positional SQLite parameters of one set of named values."""
+        return self.many([values])[0]
+
+    def many(self, rows: list[dict[str, Any]]) -> list[list[Any]]:
+        """The positional SQLite parameters of each row (a value repeated across the rows,
+        such as a batch's ``received_at``, is converted once)."""
+        names = self.params
+        out = [[row[name] for name in names] for row in rows]
+        for i, process in self.binders:
+            converted: dict[Any, Any] = {}
+            for args in out:
+                value = args[i]
+                text = converted.get(value)
+                if text is None:
+                    text = converted[value] = process(value)
+                args[i] = text
+        return out
+
+    def parse(self, fetched: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """SQLite rows with their timestamp text parsed to ``datetime``."""
+        if not self.timestamps:
+            return fetched
+        out = []
+        for row in fetched:
+            cells = list(row)
+            for i in self.timestamps:
+                if cells[i] is not None:
+                    cells[i] = datetime.fromisoformat(cells[i])
+            out.append(tuple(cells))
+        return out
+
+
+Run = Callable[[_Sql, list[dict[str, Any]]], int]
+_PROBE = datetime(2025, 1, 2, 3, 4, 5, 60)
+
+
+def _iso_text(value: datetime | None) -> str | None:
+    """A naive datetime as SQLite DATETIME text, ``YYYY-MM-DD HH:MM:SS.ffffff``."""
+    return None if value is None else value.isoformat(" ", "microseconds")
+
+
+def _faster(process: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``process``, or a C-speed equivalent: SQLAlchemy's SQLite DATETIME processor formats
+    each value in Python (about 4 ms of a 500-event batch); ``datetime.isoformat`` writes the
+    same text when SQLAlchemy's storage format is the default one, checked here."""
+    try:
+        same = process(_PROBE) == _iso_text(_PROBE)
+    except (TypeError, ValueError):
+        same = False
+    return _iso_text if same else process
+
+
 class EventStore:
     """The live event store. Open with :meth:`open`; safe to share between threads.
 
@@ -341,19 +538,34 @@ class EventStore:
         schema_version: The database's schema version (always the latest once open).
     """
 
-    def __init__(self, engine: sa.Engine, url: str, schema_version: int) -> None:
+    def __init__(
+        self, engine: sa.Engine, url: str, schema_version: int, sqlite_file: Path | None = None
+    ) -> None:
         """Wrap an engine already prepared by :meth:`open` (use that instead)."""
         self._engine = engine
         backend = engine.dialect.name
+        self._sqlite_file = sqlite_file
+        self._checkpointer = _Checkpointer(engine) if backend == "sqlite" else None
+        if self._checkpointer is not None:  # a store dropped without close() stops it too
+            weakref.finalize(self, self._checkpointer.stop)
         # SQLite: writes open with BEGIN IMMEDIATE (the connection waits for the write lock).
         self._writer = engine.execution_options(**{_BEGIN: "BEGIN IMMEDIATE"})
         self.url = url
         self.schema_version = schema_version
-        self._insert_events = _insert_ignoring_duplicates(events, backend)
-        self._insert_feedback = _insert_ignoring_duplicates(feedback, backend)
-        self._insert_recommendation = _insert_ignoring_duplicates(recommendations, backend)
-        self._insert_items = _insert_ignoring_duplicates(recommendation_items, backend)
-        self._customer_events = (
+        dialect = engine.dialect
+
+        def insert(table: sa.Table) -> _Sql:
+            return _Sql.of(
+                _insert_ignoring_duplicates(table, backend),
+                dialect,
+                columns=[c.name for c in table.columns],
+            )
+
+        self._insert_events = insert(events)
+        self._insert_feedback = insert(feedback)
+        self._insert_recommendation = insert(recommendations)
+        self._insert_items = insert(recommendation_items)
+        customer_events = (
             sa.select(*(events.c[name] for name in _EVENT_FIELDS))
             .where(
                 events.c.customer_id == sa.bindparam("customer_id"),
@@ -361,7 +573,7 @@ class EventStore:
             )
             .order_by(events.c.ts, events.c.event_id)
         )
-        self._recommendation = (
+        recommendation = (
             sa.select(
                 *(recommendations.c[name] for name in _RECOMMENDATION_FIELDS),
                 *(recommendation_items.c[name] for name in _ITEM_FIELDS),
@@ -375,6 +587,8 @@ class EventStore:
             .where(recommendations.c.recommendation_id == sa.bindparam("recommendation_id"))
             .order_by(recommendation_items.c.task, recommendation_items.c.position)
         )
+        self._customer_events = _Sql.of(customer_events, dialect)
+        self._recommendation = _Sql.of(recommendation, dialect)
 
     @classmethod
     def open(
@@ -406,7 +620,7 @@ class EventStore:
         except BaseException:
             engine.dispose()
             raise
-        return cls(engine, url, version)
+        return cls(engine, url, version, target.sqlite_file)
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[None]:
@@ -417,6 +631,47 @@ class EventStore:
             raise StoreError(
                 f"event store {self.url}: cannot {action}: {describe_error(exc)}"
             ) from exc
+
+    @contextmanager
+    def _raw_cursor(self) -> Iterator[Any]:
+        """A cursor on a pooled raw SQLite connection (the connect-time PRAGMAs apply)."""
+        raw = self._engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+
+    def _fetch(self, read: _Sql, values: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """The rows of a select as tuples of Python values (timestamps as ``datetime``)."""
+        if read.sql is None:
+            with self._engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(read.statement, values)]
+        with self._raw_cursor() as cursor:
+            return read.parse(cursor.execute(read.sql, read.args(values)).fetchall())
+
+    @contextmanager
+    def _writing(self) -> Iterator[Run]:
+        """One write transaction, committed on a clean exit (durable before the caller goes
+        on) and rolled back otherwise; yields ``run(statement, rows) -> rows inserted``."""
+        if self._checkpointer is None:  # not SQLite: through Core
+            with self._writer.begin() as conn:
+                yield lambda stmt, rows: int(conn.execute(stmt.statement, rows).rowcount)
+            return
+        with self._raw_cursor() as cursor:
+            cursor.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for the lock
+            try:
+                yield lambda stmt, rows: int(cursor.executemany(stmt.sql, stmt.many(rows)).rowcount)
+                cursor.execute("COMMIT")
+            except BaseException:
+                if cursor.connection.in_transaction:
+                    with suppress(sqlite3.Error):  # keep the original error
+                        cursor.execute("ROLLBACK")
+                raise
+        self._checkpointer.committed()
 
     def add_events(self, events: Sequence[LiveEvent]) -> tuple[int, int]:
         """Store a batch of live events in one transaction, committed before returning.
@@ -436,19 +691,23 @@ class EventStore:
             return 0, 0
         received_at = _utc_now()
         rows = _unique_by([_event_row(e, received_at) for e in events], "event_id")
-        with self._guard("add events"), self._writer.begin() as conn:
-            stored = conn.execute(self._insert_events, rows).rowcount
+        rows.sort(key=_index_order)  # neighbours in the (customer_id, ts) index: fewer pages
+        with self._guard("add events"), self._writing() as run:
+            stored = run(self._insert_events, rows)
         return stored, len(events) - stored
 
     def customer_events(self, customer_id: str, after: datetime) -> list[LiveEvent]:
         """One customer's events with ``ts > after``, ordered by ``(ts, event_id)``.
 
+        Read from one range of the covering index ``ix_events_customer_read`` (no table
+        lookups, no sort).
+
         Raises:
             StoreError: The store cannot be read.
         """
         params = {"customer_id": customer_id, "after": _naive(after, "customer_events")}
-        with self._guard("read events"), self._engine.connect() as conn:
-            rows = conn.execute(self._customer_events, params).all()
+        with self._guard("read events"):
+            rows = self._fetch(self._customer_events, params)
         return [LiveEvent(*row) for row in rows]
 
     def add_recommendation(self, record: RecommendationRecord) -> None:
@@ -458,14 +717,32 @@ class EventStore:
             ValueError: An aware timestamp.
             StoreError: The store cannot take the record (nothing is stored).
         """
-        _naive(record.ts, f"recommendation {record.recommendation_id!r}")
-        head = {name: getattr(record, name) for name in _RECOMMENDATION_FIELDS}
-        items = [
-            {"recommendation_id": record.recommendation_id, **vars(item)} for item in record.items
-        ]
-        with self._guard("add a recommendation"), self._writer.begin() as conn:
-            if conn.execute(self._insert_recommendation, head).rowcount and items:
-                conn.execute(self._insert_items, items)
+        self.add_recommendations([record])
+
+    def add_recommendations(self, records: Sequence[RecommendationRecord]) -> tuple[int, int]:
+        """Store served recommendations and their items in one transaction.
+
+        A ``recommendation_id`` already stored (or repeated in ``records``) is ignored with its
+        items: the first record stored under an id keeps its items.
+
+        Returns:
+            ``(stored, duplicates)``.
+
+        Raises:
+            ValueError: An aware timestamp (nothing is stored).
+            StoreError: The store cannot take the records (nothing is stored).
+        """
+        if not records:
+            return 0, 0
+        rows = [_recommendation_rows(record) for record in records]
+        stored = 0
+        with self._guard("add recommendations"), self._writing() as run:
+            for head, items in rows:
+                if run(self._insert_recommendation, [head]):
+                    stored += 1
+                    if items:
+                        run(self._insert_items, items)
+        return stored, len(records) - stored
 
     def recommendation(self, recommendation_id: str) -> RecommendationRecord | None:
         """The recommendation stored under ``recommendation_id`` (items by task, position).
@@ -474,8 +751,8 @@ class EventStore:
             StoreError: The store cannot be read.
         """
         params = {"recommendation_id": recommendation_id}
-        with self._guard("read a recommendation"), self._engine.connect() as conn:
-            rows = conn.execute(self._recommendation, params).all()
+        with self._guard("read a recommendation"):
+            rows = self._fetch(self._recommendation, params)
         if not rows:
             return None
         n_head = len(_RECOMMENDATION_FIELDS)
@@ -500,8 +777,8 @@ class EventStore:
             return 0, 0
         received_at = _utc_now()
         values = _unique_by([_feedback_row(r, received_at) for r in rows], "feedback_id")
-        with self._guard("add feedback"), self._writer.begin() as conn:
-            stored = conn.execute(self._insert_feedback, values).rowcount
+        with self._guard("add feedback"), self._writing() as run:
+            stored = run(self._insert_feedback, values)
         return stored, len(rows) - stored
 
     def tables(self) -> dict[str, pd.DataFrame]:
@@ -575,7 +852,7 @@ class EventStore:
         The room is the smaller of what SQLite's page limit still allows and the free space of
         the file system holding the database.
         """
-        if self._engine.dialect.name != "sqlite":
+        if self._sqlite_file is None:
             return None
 
         def pragma(name: str) -> int:
@@ -585,15 +862,16 @@ class EventStore:
         page_room = free_pages * pragma("page_size")
         if page_room < MIN_FREE_BYTES:
             return f"the store is full (page limit: {page_room:,d} bytes of room left)"
-        database = self._engine.url.database or ""
-        folder = Path(database.removeprefix("file:").split("?")[0]).parent
+        folder = self._sqlite_file.parent
         free = shutil.disk_usage(folder).free
         if free < MIN_FREE_BYTES:
             return f"the store is full (only {free:,d} bytes free on the file system of {folder})"
         return None
 
     def close(self) -> None:
-        """Close every pooled connection (the store cannot be used afterwards)."""
+        """Stop the background checkpoint and close every pooled connection (idempotent)."""
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self._engine.dispose()
 
 

@@ -100,8 +100,11 @@ def test_recommend_carries_an_id_variant_and_positions(
     assert out["variant"] == "champion" and out["degraded"] == []
     assert [i["position"] for i in out["cross_sell"]] == list(range(1, len(out["cross_sell"]) + 1))
     store = EventStore.open(store_dir)
-    record = store.recommendation(out["recommendation_id"])
-    assert record is not None and record.variant == "champion"
+    deadline = time.monotonic() + 10  # the service writes its log every 50 ms, in a thread
+    while (record := store.recommendation(out["recommendation_id"])) is None:
+        assert time.monotonic() < deadline, "the recommendation was never written"
+        time.sleep(0.02)
+    assert record.variant == "champion"
     assert [(i.task, i.position, i.product_id) for i in record.items] == [
         ("cross_sell", i["position"], i["product_id"]) for i in out["cross_sell"]
     ] + [("replenish", i["position"], i["product_id"]) for i in out["replenish"]]
