@@ -175,6 +175,11 @@ class StoreError(RuntimeError):
     """
 
 
+class SchemaVersionError(StoreError):
+    """The store is at another schema version than this code (migrate it, or upgrade xsell):
+    a service refuses to start on it rather than serve without its store."""
+
+
 @dataclass(frozen=True)
 class _Target:
     """Where a location points: the SQLAlchemy URL and, for SQLite, the database file."""
@@ -911,19 +916,20 @@ def _prepare(
 
 
 def _check_version(version: int | None, url: str, location: str | Path, *, migrate: bool) -> None:
-    """Raise :class:`StoreError` unless a database at ``version`` may be opened."""
+    """Raise :class:`StoreError` (:class:`SchemaVersionError` for a version mismatch) unless a
+    database at ``version`` may be opened."""
     if version is None:
         raise StoreError(
             f"event store {url}: not an event store (the database has other tables and no "
             f"{m.SCHEMA_MIGRATIONS} table)"
         )
     if version > m.LATEST_VERSION:
-        raise StoreError(
+        raise SchemaVersionError(
             f"event store {url}: schema version {version} is newer than this code "
             f"(knows up to {m.LATEST_VERSION}); upgrade xsell"
         )
     if 0 < version < m.LATEST_VERSION and not migrate:
-        raise StoreError(
+        raise SchemaVersionError(
             f"event store {url}: schema version {version}, this code needs "
             f"{m.LATEST_VERSION}: run `xsell store migrate --store {location}`"
         )

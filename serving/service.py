@@ -58,7 +58,7 @@ from features.recommend import QueryResult, placement_defaults
 from features.tasks import get_task, task_names, tasks_at
 from online.experiments import Experiment, load_experiment, single_variant
 from online.records import RecommendationRecord, RecommendedItem
-from online.store import EventStore, StoreError
+from online.store import EventStore, SchemaVersionError, StoreError
 from serving.live import (
     EventsRequest,
     FeedbackRequest,
@@ -287,7 +287,7 @@ def serve(
 
     Raises:
         ExperimentConfigError: The experiment file is invalid.
-        StoreError: The store exists at another schema version (``xsell store migrate``).
+        SchemaVersionError: The store is at another schema version (``xsell store migrate``).
     """
     uri = model or os.environ.get(MODEL_URI_ENV) or DEFAULT_MODEL_URI
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
@@ -295,9 +295,9 @@ def serve(
     location = store or os.environ.get(STORE_ENV) or DEFAULT_STORE
     try:
         EventStore.open(location).close()  # create it, or refuse an out-of-date one now
-    except StoreError as exc:
-        if "migrate" in str(exc):
-            raise
+    except SchemaVersionError:
+        raise
+    except StoreError as exc:  # down: serve from the snapshot, retry later (degraded)
         log.error("event store unavailable, serving from the snapshot alone: %s", exc)
     with tempfile.TemporaryDirectory(prefix="xsell-serve-") as tmp:
         folders: dict[str, dict[str, str]] = {}

@@ -341,3 +341,26 @@ def test_acknowledged_events_survive_a_killed_server(model_dir: Path, tmp_path: 
         stored = set(EventStore.open(store).tables()["events"]["event_id"])
     missing = [e for e in acked if e not in stored]
     assert not missing, f"{len(missing)} acknowledged events lost"
+
+
+def test_serve_refuses_an_out_of_date_store_in_one_line(model_dir: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import sqlalchemy as sa
+
+    from online import migrations
+    from online.store import DB_FILE
+
+    folder = tmp_path / "old-store"
+    folder.mkdir()
+    engine = sa.create_engine(f"sqlite:///{folder / DB_FILE}")
+    with engine.begin() as conn:
+        migrations.apply_migrations(conn, target=1)
+    engine.dispose()
+    cmd = [sys.executable, "-m", "serving", "--model", str(model_dir), "--store", str(folder)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "xsell store migrate" in lines[-1]
+    assert "Traceback" not in done.stderr
