@@ -31,6 +31,7 @@ own clock, naive UTC.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import sqlite3
 import threading
@@ -239,8 +240,9 @@ def _resolve(location: str | Path, *, create: bool) -> _Target:
         return _Target(sa.URL.create("sqlite", database=str(db)), db)
     try:
         url = sa.make_url(text)
-    except sa.exc.ArgumentError as exc:
-        raise StoreError(f"event store {text!r}: invalid URL ({exc})") from exc
+    except (sa.exc.ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
+        shown = re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", text)  # mask a password
+        raise StoreError(f"event store {shown!r}: invalid URL ({exc})") from exc
     if url.get_backend_name() != "sqlite":
         return _Target(url, None)
     database = url.database or ""
@@ -313,9 +315,14 @@ def _create_engine(target: _Target) -> sa.Engine:
 
 
 def _insert_ignoring_duplicates(table: sa.Table, backend: str) -> Any:
-    """``INSERT ... ON CONFLICT DO NOTHING`` for ``table`` in the backend's dialect."""
-    dialect_insert = sqlite_dialect.insert if backend == "sqlite" else pg.insert
-    return dialect_insert(table).on_conflict_do_nothing()
+    """``INSERT ... ON CONFLICT DO NOTHING`` for ``table`` in the backend's dialect.
+
+    On PostgreSQL it returns the keys it inserted, counted as the rows stored: through
+    SQLAlchemy the driver's rowcount of an INSERT is -1 there (for one row and for a batch).
+    """
+    if backend == "sqlite":
+        return sqlite_dialect.insert(table).on_conflict_do_nothing()
+    return pg.insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
 
 
 def _naive(ts: datetime, what: str) -> datetime:
@@ -664,7 +671,12 @@ class EventStore:
         on) and rolled back otherwise; yields ``run(statement, rows) -> rows inserted``."""
         if self._checkpointer is None:  # not SQLite: through Core
             with self._writer.begin() as conn:
-                yield lambda stmt, rows: int(conn.execute(stmt.statement, rows).rowcount)
+
+                def run(stmt: _Sql, rows: list[dict[str, Any]]) -> int:
+                    result = conn.execute(stmt.statement, rows)
+                    return len(result.all()) if result.returns_rows else int(result.rowcount)
+
+                yield run
             return
         with self._raw_cursor() as cursor:
             cursor.execute("BEGIN IMMEDIATE")  # waits up to the busy timeout for the lock
@@ -929,9 +941,10 @@ def _check_version(version: int | None, url: str, location: str | Path, *, migra
             f"(knows up to {m.LATEST_VERSION}); upgrade xsell"
         )
     if 0 < version < m.LATEST_VERSION and not migrate:
+        shown = url if "://" in str(location) else location  # a URL: its password masked
         raise SchemaVersionError(
             f"event store {url}: schema version {version}, this code needs "
-            f"{m.LATEST_VERSION}: run `xsell store migrate --store {location}`"
+            f"{m.LATEST_VERSION}: run `xsell store migrate --store {shown}`"
         )
 
 

@@ -1,5 +1,6 @@
-"""The package layering: features imports neither training nor serving; training never imports
-serving (the CLI starts the service in a child process)."""
+"""The package layering: features imports none of the others; online (the event store,
+experiments, report, simulator) imports only features; training never imports serving (the CLI
+starts the service in a child process)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN = {"features": {"training", "serving"}, "training": {"serving"}, "serving": set()}
+FORBIDDEN = {
+    "features": {"training", "serving", "online"},
+    "online": {"training", "serving"},
+    "training": {"serving"},
+    "serving": set(),
+}
 
 
 def _imported_packages(path: Path) -> set[str]:

@@ -190,7 +190,7 @@ def test_guardrail_scopes_are_explicit() -> None:
         False,
     )
     assert scopes[s.REPLENISH] == (
-        {rules.not_in_context, rules.in_stock, rules.bought_consumable},
+        {rules.not_in_context, rules.in_stock, rules.bought_consumable, rules.not_just_bought},
         True,
     )
 

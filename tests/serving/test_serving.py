@@ -120,13 +120,23 @@ def _all_k(k: int) -> dict[str, int]:
 
 def test_example_request(api: AsgiClient, model: XsellModel) -> None:
     out = _recommend(api, EXAMPLE_REQUEST)
-    assert set(out) == {*task_names(), "policies", "model_version", "fallback", "warnings"}
+    assert set(out) == {
+        *task_names(),
+        "recommendation_id",
+        "variant",
+        "policies",
+        "model_version",
+        "fallback",
+        "degraded",
+        "warnings",
+    }
+    assert out["variant"] == "champion" and out["degraded"] == []
     assert out["model_version"] == "xsell-ranker/1"
     assert 0 < len(out["cross_sell"]) <= EXAMPLE_REQUEST["k_cross_sell"]
     assert len(out["upsell"]) <= EXAMPLE_REQUEST["k_upsell"]
     assert out["replenish"] == []  # not offered on a product page
     for item in out["cross_sell"] + out["upsell"]:
-        assert set(item) == {"product_id", "score", "price", "reason"}
+        assert set(item) == {"product_id", "score", "price", "reason", "position"}
         assert item["product_id"] in model.snapshot.product_index
         assert item["price"] > 0 and item["reason"]
     scores = [i["score"] for i in out["cross_sell"]]
@@ -293,6 +303,9 @@ def test_post_purchase_defaults_to_the_last_order(api: AsgiClient, model: XsellM
         api,
         {"customer_id": customer, "placement": "post_purchase", "cart": _cart_of(model, customer)},
     )
+    assert implicit["recommendation_id"] != explicit["recommendation_id"]  # one per answer
+    for answer in (implicit, explicit):
+        answer.pop("recommendation_id")
     assert implicit == explicit
     assert implicit["cross_sell"]
 
