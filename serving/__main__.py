@@ -10,7 +10,6 @@ import argparse
 import sys
 
 from online.store import StoreError
-
 from serving.service import serve
 
 
