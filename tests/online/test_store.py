@@ -14,14 +14,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from store_rows import T0, event, record
 
 from online import migrations as m
-from online.records import Feedback, LiveEvent, RecommendationRecord, RecommendedItem
+from online.records import Feedback, LiveEvent, RecommendationRecord
 from online.store import (
     BUSY_TIMEOUT_MS,
     DB_FILE,
@@ -35,38 +36,6 @@ from online.store import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = datetime(2025, 6, 1, 12, 0)
-
-
-def event(
-    i: int, customer: str = "c1", *, minutes: float | None = None, kind: str = "view"
-) -> LiveEvent:
-    """Event ``e{i}`` of ``customer``, ``minutes`` (default ``i``) after T0."""
-    return LiveEvent(
-        event_id=f"e{i}",
-        event_type=kind,
-        customer_id=customer,
-        product_id=f"p{i % 5}",
-        ts=T0 + timedelta(minutes=i if minutes is None else minutes),
-        session_id="s1",
-    )
-
-
-def record(rec_id: str = "r1") -> RecommendationRecord:
-    """A two-task answer, items in (task, position) order."""
-    return RecommendationRecord(
-        recommendation_id=rec_id,
-        customer_id="c1",
-        placement="cart",
-        variant="treatment",
-        model_version="7",
-        ts=T0,
-        items=(
-            RecommendedItem("cross_sell", 1, "p2", 0.9, 19.9),
-            RecommendedItem("cross_sell", 2, "p3", 0.5, 9.5),
-            RecommendedItem("upsell", 1, "p4", 0.7, 99.0),
-        ),
-    )
 
 
 @pytest.fixture
@@ -146,62 +115,6 @@ def test_two_threads_creating_one_new_store_both_succeed(tmp_path: Path) -> None
 # --- events ---------------------------------------------------------------------------------
 
 
-def test_the_same_batch_twice_is_stored_once(store: EventStore) -> None:
-    batch = [event(i) for i in range(10)]
-    assert store.add_events(batch) == (10, 0)
-    assert store.add_events(batch) == (0, 10)
-    assert store.counts()["events"] == 10
-
-
-def test_a_repeated_id_within_a_batch_is_a_duplicate_and_the_first_wins(store: EventStore) -> None:
-    first = event(1)
-    again = LiveEvent("e1", "add_to_cart", "c1", "p9", T0)
-    assert store.add_events([first, event(2), again]) == (2, 1)
-    assert store.customer_events("c1", T0 - timedelta(days=1))[0] == first
-    assert store.add_events([]) == (0, 0)
-
-
-def test_customer_events_are_the_customers_after_the_cutoff_by_ts_then_id(
-    store: EventStore,
-) -> None:
-    store.add_events(
-        [
-            event(5, minutes=30),
-            event(3, minutes=10),
-            event(4, minutes=10),  # same ts as e3: event_id breaks the tie
-            event(1, minutes=0),  # at the cutoff: excluded (strictly after)
-            event(2, "c2", minutes=20),  # another customer
-            event(0, minutes=-30),
-        ]
-    )
-    got = store.customer_events("c1", T0)
-    assert [e.event_id for e in got] == ["e3", "e4", "e5"]
-    assert [e.event_id for e in store.customer_events("c1", T0 - timedelta(minutes=10))] == [
-        "e1",
-        "e3",
-        "e4",
-        "e5",
-    ]
-    assert store.customer_events("nobody", T0) == []
-
-
-def test_every_field_of_an_event_round_trips(store: EventStore) -> None:
-    purchase = LiveEvent(
-        event_id="buy-1",
-        event_type="purchase",
-        customer_id="c1",
-        product_id="p1",
-        ts=datetime(2025, 6, 1, 12, 0, 1, 123456),
-        order_id="o1",
-        unit_price=19.99,
-        quantity=-2.0,
-        session_id=None,
-        recommendation_id="r1",
-    )
-    store.add_events([purchase])
-    assert store.customer_events("c1", T0) == [purchase]
-
-
 def test_the_per_customer_read_is_one_covering_index_range(store: EventStore) -> None:
     assert store._customer_events.sql is not None
     with store._engine.connect() as conn:
@@ -212,38 +125,6 @@ def test_the_per_customer_read_is_one_covering_index_range(store: EventStore) ->
     assert steps == [
         "SEARCH events USING COVERING INDEX ix_events_customer_read (customer_id=? AND ts>?)"
     ]  # no table lookups, no sort
-
-
-@pytest.mark.parametrize(
-    ("bad", "match"),
-    [
-        (LiveEvent("x", "bought", "c1", "p1", T0), "unknown event_type 'bought'"),
-        (LiveEvent("x", "view", "c1", "p1", T0.replace(tzinfo=UTC)), "naive datetime"),
-    ],
-)
-def test_an_invalid_event_stores_nothing_of_its_batch(
-    store: EventStore, bad: LiveEvent, match: str
-) -> None:
-    with pytest.raises(ValueError, match=match):
-        store.add_events([event(1), bad])
-    assert store.counts()["events"] == 0
-
-
-def test_four_threads_adding_disjoint_batches_store_everything(store: EventStore) -> None:
-    def add(thread: int, results: list[tuple[int, int]]) -> None:
-        for b in range(10):
-            batch = [event(thread * 10_000 + b * 100 + i, f"c{thread}") for i in range(100)]
-            results.append(store.add_events(batch))
-
-    results: list[tuple[int, int]] = []
-    threads = [threading.Thread(target=add, args=(t, results)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [(100, 0)] * 40
-    assert store.counts()["events"] == 4000
-    assert len(store.customer_events("c3", T0 - timedelta(days=1))) == 1000
 
 
 def test_the_log_is_copied_into_the_database_in_the_background(tmp_path: Path) -> None:
@@ -321,42 +202,10 @@ def test_every_acknowledged_event_survives_kill_9(tmp_path: Path) -> None:
 # --- recommendations and feedback -----------------------------------------------------------
 
 
-def test_a_recommendation_round_trips_with_its_items(store: EventStore) -> None:
-    rec = record()
-    store.add_recommendation(rec)
-    store.add_recommendation(rec)  # a retry is ignored
-    assert store.recommendation("r1") == rec
-    assert store.recommendation("unknown") is None
-    assert store.counts()["recommendations"] == 1
-    assert store.counts()["recommendation_items"] == 3
-
-
-def test_recommendations_in_a_batch_are_stored_once_with_the_first_items(store: EventStore) -> None:
-    other = RecommendationRecord("r2", "c2", "checkout", "control", "6", T0, ())
-    clash = RecommendationRecord("r1", "c9", "cart", "control", "6", T0, record().items[:1])
-    assert store.add_recommendations([record(), other, clash]) == (2, 1)
-    assert store.add_recommendations([clash]) == (0, 1)
-    assert store.recommendation("r1") == record()
-    assert store.recommendation("r2") == other
-
-
 def test_a_recommendation_without_items_round_trips(store: EventStore) -> None:
     empty = RecommendationRecord("r0", "c9", "checkout", "control", "6", T0, ())
     store.add_recommendation(empty)
     assert store.recommendation("r0") == empty
-
-
-def test_feedback_is_idempotent_by_feedback_id(store: EventStore) -> None:
-    store.add_recommendation(record())
-    rows = [
-        Feedback("f1", "r1", "impression", None, T0),
-        Feedback("f2", "r1", "click", "p2", T0 + timedelta(seconds=5)),
-        Feedback("f3", "r1", "purchase", "p2", T0 + timedelta(minutes=3), 2.0, 19.9),
-    ]
-    assert store.add_feedback(rows) == (3, 0)
-    assert store.add_feedback([*rows, Feedback("f4", "r1", "add_to_cart", "p3", T0)]) == (1, 3)
-    with pytest.raises(ValueError, match="unknown event_type 'like'"):
-        store.add_feedback([Feedback("f5", "r1", "like", "p2", T0)])
 
 
 def test_tables_have_the_record_fields_as_columns(store: EventStore) -> None:

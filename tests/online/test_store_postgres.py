@@ -8,12 +8,12 @@ schema per test), e.g.::
 
 Needs the driver: ``pip install -e '.[postgres]'``. Each test opens the store in a schema of
 its own (``search_path`` set through the URL) and drops it afterwards, so the database is left
-as it was. The SQLite equivalents are in ``test_store.py``.
+as it was. The contract tests shared with SQLite are in ``test_store_contract.py``; the SQLite-only
+ones in ``test_store.py``.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 import uuid
@@ -24,73 +24,29 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from store_rows import (
+    NO_POSTGRES,
+    POSTGRES_ENV,
+    POSTGRES_URL,
+    T0,
+    event,
+    postgres_schema,
+    postgres_server,
+    record,
+)
 
 from online import migrations as m
-from online.records import Feedback, LiveEvent, RecommendationRecord, RecommendedItem
+from online.records import Feedback, LiveEvent, RecommendationRecord
 from online.store import TABLES, EventStore, SchemaVersionError, StoreError, migrate_store
 
-ENV = "XSELL_TEST_POSTGRES_URL"
-SERVER_URL = os.environ.get(ENV, "")
-pytestmark = pytest.mark.skipif(
-    not SERVER_URL, reason=f"{ENV} is not set (a postgresql+psycopg:// URL of a test database)"
-)
-T0 = datetime(2025, 6, 1, 12, 0)
-
-
-def event(
-    i: int, customer: str = "c1", *, minutes: float | None = None, kind: str = "view"
-) -> LiveEvent:
-    """Event ``e{i}`` of ``customer``, ``minutes`` (default ``i``) after T0."""
-    return LiveEvent(
-        event_id=f"e{i}",
-        event_type=kind,
-        customer_id=customer,
-        product_id=f"p{i % 5}",
-        ts=T0 + timedelta(minutes=i if minutes is None else minutes),
-        session_id="s1",
-    )
-
-
-def record(rec_id: str = "r1") -> RecommendationRecord:
-    """A two-task answer, items in (task, position) order."""
-    return RecommendationRecord(
-        recommendation_id=rec_id,
-        customer_id="c1",
-        placement="cart",
-        variant="treatment",
-        model_version="7",
-        ts=T0,
-        items=(
-            RecommendedItem("cross_sell", 1, "p2", 0.9, 19.9),
-            RecommendedItem("cross_sell", 2, "p3", 0.5, 9.5),
-            RecommendedItem("upsell", 1, "p4", 0.7, 99.0),
-        ),
-    )
-
-
-def _server() -> sa.URL:
-    return sa.make_url(SERVER_URL)
-
-
-def _in_schema(schema: str) -> str:
-    """The server URL with ``search_path`` set to ``schema`` (password in clear)."""
-    url = _server().update_query_dict({"options": f"-csearch_path={schema}"})
-    return url.render_as_string(hide_password=False)
+pytestmark = pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """The URL of a new, empty schema of the test database, dropped afterwards."""
-    schema = f"xsell_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(_server())
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.schema.CreateSchema(schema))
-        yield _in_schema(schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.schema.DropSchema(schema, cascade=True, if_exists=True))
-        admin.dispose()
+    with postgres_schema() as url:
+        yield url
 
 
 @pytest.fixture
@@ -174,70 +130,11 @@ def test_two_threads_creating_one_new_store_both_succeed(pg_url: str) -> None:
 # --- events ---------------------------------------------------------------------------------
 
 
-def test_the_same_batch_twice_is_stored_once(store: EventStore) -> None:
-    batch = [event(i) for i in range(10)]
-    assert store.add_events(batch) == (10, 0)
-    assert store.add_events(batch) == (0, 10)
-    assert store.add_events([*batch[:3], event(10)]) == (1, 3)
-    assert store.counts()["events"] == 11
-
-
 def test_a_batch_larger_than_one_insert_statement_is_counted_whole(store: EventStore) -> None:
     batch = [event(i, f"c{i % 7}") for i in range(2500)]  # several multi-row INSERTs
     assert store.add_events(batch) == (2500, 0)
     assert store.add_events([*batch, event(9999)]) == (1, 2500)
     assert store.counts()["events"] == 2501
-
-
-def test_a_repeated_id_within_a_batch_is_a_duplicate_and_the_first_wins(store: EventStore) -> None:
-    first = event(1)
-    again = LiveEvent("e1", "add_to_cart", "c1", "p9", T0)
-    assert store.add_events([first, event(2), again]) == (2, 1)
-    assert store.customer_events("c1", T0 - timedelta(days=1))[0] == first
-    assert store.add_events([]) == (0, 0)
-
-
-def test_customer_events_are_the_customers_after_the_cutoff_by_ts_then_id(
-    store: EventStore,
-) -> None:
-    store.add_events(
-        [
-            event(5, minutes=30),
-            event(3, minutes=10),
-            event(4, minutes=10),  # same ts as e3: event_id breaks the tie
-            event(1, minutes=0),  # at the cutoff: excluded (strictly after)
-            event(2, "c2", minutes=20),  # another customer
-            event(0, minutes=-30),
-        ]
-    )
-    assert [e.event_id for e in store.customer_events("c1", T0)] == ["e3", "e4", "e5"]
-    assert [e.event_id for e in store.customer_events("c1", T0 - timedelta(minutes=10))] == [
-        "e1",
-        "e3",
-        "e4",
-        "e5",
-    ]
-    assert [e.event_id for e in store.customer_events("c2", T0)] == ["e2"]
-    assert store.customer_events("nobody", T0) == []
-
-
-def test_every_field_of_an_event_round_trips(store: EventStore) -> None:
-    purchase = LiveEvent(
-        event_id="buy-1",
-        event_type="purchase",
-        customer_id="c1",
-        product_id="p1",
-        ts=datetime(2025, 6, 1, 12, 0, 1, 123456),
-        order_id="o1",
-        unit_price=19.99,
-        quantity=-2.0,
-        session_id=None,
-        recommendation_id="r1",
-    )
-    store.add_events([purchase])
-    got = store.customer_events("c1", T0)
-    assert got == [purchase]
-    assert got[0].ts.tzinfo is None
 
 
 @pytest.mark.parametrize(
@@ -267,40 +164,6 @@ def test_the_stored_clock_is_naive_utc(store: EventStore) -> None:
     for name in ("events", "feedback"):
         received = frames[name]["received_at"].iloc[0].to_pydatetime()
         assert before <= received <= after, name
-
-
-@pytest.mark.parametrize(
-    ("bad", "match"),
-    [
-        (LiveEvent("x", "bought", "c1", "p1", T0), "unknown event_type 'bought'"),
-        (LiveEvent("x", "view", "c1", "p1", T0.replace(tzinfo=UTC)), "naive datetime"),
-    ],
-)
-def test_an_invalid_event_stores_nothing_of_its_batch(
-    store: EventStore, bad: LiveEvent, match: str
-) -> None:
-    with pytest.raises(ValueError, match=match):
-        store.add_events([event(1), bad])
-    with pytest.raises(ValueError, match="naive datetime"):
-        store.customer_events("c1", T0.replace(tzinfo=UTC))
-    assert store.counts()["events"] == 0
-
-
-def test_four_threads_adding_disjoint_batches_store_everything(store: EventStore) -> None:
-    def add(thread: int) -> None:
-        for b in range(10):
-            batch = [event(thread * 10_000 + b * 100 + i, f"c{thread}") for i in range(100)]
-            results.append(store.add_events(batch))
-
-    results: list[tuple[int, int]] = []
-    threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert sorted(results) == [(100, 0)] * 40
-    assert store.counts()["events"] == 4000
-    assert len(store.customer_events("c3", T0 - timedelta(days=1))) == 1000
 
 
 def test_two_threads_adding_the_same_batches_at_once_store_each_event_once(
@@ -333,53 +196,6 @@ def test_two_threads_adding_the_same_batches_at_once_store_each_event_once(
 
 
 # --- recommendations and feedback -----------------------------------------------------------
-
-
-def test_a_recommendation_round_trips_with_its_items(store: EventStore) -> None:
-    rec = record()
-    store.add_recommendation(rec)
-    store.add_recommendation(rec)  # a retry is ignored
-    assert store.recommendation("r1") == rec
-    assert store.recommendation("unknown") is None
-    assert store.counts()["recommendations"] == 1
-    assert store.counts()["recommendation_items"] == 3
-
-
-def test_recommendations_in_a_batch_are_stored_once_with_the_first_items(store: EventStore) -> None:
-    other = RecommendationRecord("r2", "c2", "checkout", "control", "6", T0, ())
-    clash = RecommendationRecord(
-        "r1", "c9", "cart", "control", "6", T0, (RecommendedItem("upsell", 9, "p9", 0.1, 1.0),)
-    )
-    assert store.add_recommendations([record(), other, clash]) == (2, 1)
-    assert store.add_recommendations([clash]) == (0, 1)  # a retry adds none of its items
-    assert store.recommendation("r1") == record()
-    assert store.recommendation("r2") == other
-    assert store.counts()["recommendation_items"] == 3
-
-
-def test_feedback_is_idempotent_by_feedback_id(store: EventStore) -> None:
-    store.add_recommendation(record())
-    rows = [
-        Feedback("f1", "r1", "impression", None, T0),
-        Feedback("f2", "r1", "click", "p2", T0 + timedelta(seconds=5)),
-        Feedback("f3", "r1", "purchase", "p2", T0 + timedelta(minutes=3), 2.0, 19.9),
-    ]
-    assert store.add_feedback(rows) == (3, 0)
-    assert store.add_feedback([*rows, Feedback("f4", "r1", "add_to_cart", "p3", T0)]) == (1, 3)
-    assert store.add_feedback([rows[0], rows[0]]) == (0, 2)
-    with pytest.raises(ValueError, match="unknown event_type 'like'"):
-        store.add_feedback([Feedback("f5", "r1", "like", "p2", T0)])
-    assert store.counts()["feedback"] == 4
-    got = store.tables()["feedback"].drop(columns="received_at")
-    assert list(got.itertuples(index=False, name=None))[2] == (
-        "f3",
-        "r1",
-        "purchase",
-        "p2",
-        pd.Timestamp(T0 + timedelta(minutes=3)),
-        2.0,
-        19.9,
-    )
 
 
 # --- the frames: the same as on SQLite ------------------------------------------------------
@@ -451,9 +267,9 @@ def test_check_is_healthy_and_finds_a_newer_schema(store: EventStore, pg_url: st
 
 
 def test_the_password_is_masked_in_the_url_and_in_errors(store: EventStore, pg_url: str) -> None:
-    password = _server().password
+    password = postgres_server().password
     if not password:
-        pytest.skip(f"{ENV} has no password to mask")
+        pytest.skip(f"{POSTGRES_ENV} has no password to mask")
     assert str(password) not in store.url
     assert "***@" in store.url
     wrong = sa.make_url(pg_url).set(password="wr0ng-" + uuid.uuid4().hex[:8])
@@ -527,7 +343,7 @@ def test_an_old_store_asks_for_migrate_then_migrates_keeping_its_rows(pg_url: st
     _version_1_store(pg_url)
     with pytest.raises(SchemaVersionError, match="run `xsell store migrate --store ") as info:
         EventStore.open(pg_url)
-    password = _server().password
+    password = postgres_server().password
     if password:
         assert str(password) not in str(info.value)
     assert migrate_store(pg_url) == (1, m.LATEST_VERSION)
