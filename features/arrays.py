@@ -6,6 +6,8 @@ queries go through the same code.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -27,6 +29,9 @@ def _group_then_value_order(groups: np.ndarray, key: np.ndarray) -> np.ndarray:
 def rank_within(groups: np.ndarray, values: np.ndarray, *, descending: bool = True) -> np.ndarray:
     """1-based rank of each value inside its group (ties broken by position).
 
+    One sort by (group, value, position); a single group (every one-query call) skips the
+    group key. Both give the ranks of two stable sorts, value then group.
+
     Args:
         groups: Group id per element (any order).
         values: Value per element; NaN ranks last.
@@ -40,13 +45,41 @@ def rank_within(groups: np.ndarray, values: np.ndarray, *, descending: bool = Tr
         return np.zeros(0, dtype=np.int32)
     values = np.asarray(values, dtype=np.float64)
     key = np.where(np.isnan(values), -np.inf if descending else np.inf, values)
-    order = _group_then_value_order(groups, -key if descending else key)
-    g = groups[order]
-    starts = group_starts(g)
-    sizes = np.diff(np.append(starts, n))
-    pos = np.arange(n) - np.repeat(starts, sizes)
+    if descending:
+        key = -key
     ranks = np.empty(n, dtype=np.int32)
-    ranks[order] = pos + 1
+    if groups[0] == groups[-1] and (groups == groups[0]).all():
+        ranks[np.argsort(key, kind="stable")] = np.arange(1, n + 1, dtype=np.int32)
+        return ranks
+    order = np.lexsort((key, groups))
+    g = groups[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(g[1:], g[:-1], out=first[1:])
+    position = np.arange(n)
+    start = np.maximum.accumulate(np.where(first, position, 0))
+    ranks[order] = position - start + 1
+    return ranks
+
+
+def rank_within_many(
+    groups: np.ndarray, columns: Sequence[np.ndarray], *, descending: bool = True
+) -> np.ndarray:
+    """:func:`rank_within` of several value columns over the same groups: a ``(len(columns),
+    n)`` int32 array, row ``i`` the ranks of ``columns[i]``. A single group sorts all columns in
+    one call."""
+    n = len(groups)
+    if n == 0 or not (groups[0] == groups[-1] and (groups == groups[0]).all()):
+        return np.asarray(
+            [rank_within(groups, c, descending=descending) for c in columns], dtype=np.int32
+        ).reshape(len(columns), n)
+    values = np.array(columns, dtype=np.float64)
+    key = np.where(np.isnan(values), -np.inf if descending else np.inf, values)
+    if descending:
+        key = -key
+    ranks = np.empty(values.shape, dtype=np.int32)
+    order = np.argsort(key, axis=1, kind="stable")
+    ranks[np.arange(len(values))[:, None], order] = np.arange(1, n + 1, dtype=np.int32)
     return ranks
 
 
@@ -96,14 +129,7 @@ class PairLookup:
 
     def get(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Values at the pairs (0 where absent or where a row/col index is negative)."""
-        out = np.zeros(len(rows), dtype=np.float64)
-        if len(rows) == 0 or len(self.keys) == 0:
-            return out
-        valid = (rows >= 0) & (cols >= 0)
-        query = rows[valid].astype(np.int64) * self.n_cols + cols[valid].astype(np.int64)
-        pos = np.minimum(np.searchsorted(self.keys, query), len(self.keys) - 1)
-        out[valid] = np.where(self.keys[pos] == query, self.values[pos], 0.0)
-        return out
+        return lookup_many((self,), rows, cols)[0]
 
     def row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """Column indices and values stored in row ``r`` (empty for r < 0)."""
@@ -111,6 +137,91 @@ class PairLookup:
             return np.zeros(0, dtype=np.int32), np.zeros(0)
         lo, hi = self.matrix.indptr[r], self.matrix.indptr[r + 1]
         return self.matrix.indices[lo:hi], self.matrix.data[lo:hi]
+
+
+def lookup_many(
+    tables: Sequence[PairLookup], rows: np.ndarray, cols: np.ndarray
+) -> list[np.ndarray]:
+    """``[t.get(rows, cols) for t in tables]`` with the pair keys computed once and one search
+    per distinct key array (tables stored on the same pairs share it, :func:`share_keys`).
+
+    Every table must have the same number of columns.
+    """
+    n = len(rows)
+    if n == 0 or not tables:
+        return [np.zeros(n, dtype=np.float64) for _ in tables]
+    n_cols = tables[0].n_cols
+    if any(t.n_cols != n_cols for t in tables):
+        raise ValueError("lookup_many: the tables have different numbers of columns")
+    rows = rows.astype(np.int64, copy=False)
+    cols = cols.astype(np.int64, copy=False)
+    if rows[0] == rows[-1] and (rows == rows[0]).all():
+        return _lookup_in_row(tables, int(rows[0]), cols)
+    query = rows * n_cols + cols
+    valid = (rows >= 0) & (cols >= 0)
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for t in tables:
+        n_keys = len(t.keys)
+        if n_keys == 0:
+            out.append(np.zeros(n, dtype=np.float64))
+            continue
+        if id(t.keys) not in found:
+            pos = np.searchsorted(t.keys, query)
+            np.minimum(pos, n_keys - 1, out=pos)
+            found[id(t.keys)] = pos, valid & (t.keys[pos] == query)
+        pos, hit = found[id(t.keys)]
+        out.append(np.where(hit, t.values[pos], 0.0).astype(np.float64, copy=False))
+    return out
+
+
+def _lookup_in_row(tables: Sequence[PairLookup], row: int, cols: np.ndarray) -> list[np.ndarray]:
+    """:func:`lookup_many` when every pair is in row ``row`` (one customer, one anchor): a
+    search of that row's few stored columns, nothing for an empty row."""
+    n = len(cols)
+    if row < 0:
+        return [np.zeros(n, dtype=np.float64) for _ in tables]
+    valid = cols >= 0
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    out = []
+    for t in tables:
+        lo, hi = int(t.matrix.indptr[row]), int(t.matrix.indptr[row + 1])
+        if hi == lo:
+            out.append(np.zeros(n, dtype=np.float64))
+            continue
+        if id(t.keys) not in found:  # tables sharing keys share indptr and indices too
+            stored = t.matrix.indices[lo:hi]
+            pos = np.searchsorted(stored, cols)
+            np.minimum(pos, hi - lo - 1, out=pos)
+            found[id(t.keys)] = pos, valid & (stored[pos] == cols)
+        pos, hit = found[id(t.keys)]
+        out.append(np.where(hit, t.matrix.data[lo:hi][pos], 0.0).astype(np.float64, copy=False))
+    return out
+
+
+def share_keys(tables: Iterable[PairLookup]) -> None:
+    """Let tables stored on exactly the same pairs share one key array (less memory, and one
+    search for all of them in :func:`lookup_many`)."""
+    seen: dict[tuple[int, int], list[np.ndarray]] = {}
+    for t in tables:
+        same_size = seen.setdefault((int(t.n_cols), len(t.keys)), [])
+        for keys in same_size:
+            if keys is t.keys or np.array_equal(keys, t.keys):
+                t.keys = keys
+                break
+        else:
+            same_size.append(t.keys)
+
+
+SMALL_SET = 32  # up to this many members, membership is one broadcast comparison
+
+
+def is_member(values: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """``np.isin(values, members)`` for integer arrays; a broadcast comparison when ``members``
+    is small (a cart: ``np.isin``'s sort costs tens of microseconds on tiny arrays)."""
+    if len(members) > SMALL_SET:
+        return np.isin(values, members)
+    return (values[:, None] == members[None, :]).any(axis=1)
 
 
 def indicator(rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
@@ -137,6 +248,13 @@ def gather_rows(
     """
     rows = np.asarray(rows, dtype=np.int64)
     owner = np.arange(len(rows), dtype=np.int64) if owner is None else np.asarray(owner)
+    if len(rows) == 1:  # one row (the one-query path): a slice
+        lo, hi = int(matrix.indptr[rows[0]]), int(matrix.indptr[rows[0] + 1])
+        return (
+            np.full(hi - lo, owner[0], dtype=np.int64),
+            matrix.indices[lo:hi].astype(np.int64),
+            matrix.data[lo:hi].astype(np.float64),
+        )
     starts = matrix.indptr[rows].astype(np.int64)
     sizes = matrix.indptr[rows + 1].astype(np.int64) - starts
     take = np.repeat(starts - (np.cumsum(sizes) - sizes), sizes) + np.arange(sizes.sum())
@@ -147,13 +265,28 @@ def gather_rows(
     )
 
 
+def unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)`` for a 1-D array, without its per-call overhead
+    (the same sorted distinct values and the same inverse)."""
+    if len(keys) == 0:
+        return keys[:0], np.zeros(0, dtype=np.int64)
+    perm = np.argsort(keys, kind="stable")
+    ordered = keys[perm]
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[perm] = np.cumsum(first) - 1
+    return ordered[first], inverse
+
+
 def summed_pairs(
     query: np.ndarray, product: np.ndarray, value: np.ndarray, n_products: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Values summed per (query, product), in the order they come (bit-identical for one query
     and many), sorted by query then product."""
     key = query.astype(np.int64) * n_products + product.astype(np.int64)
-    uniq, inv = np.unique(key, return_inverse=True)
+    uniq, inv = unique_inverse(key)
     sums = np.bincount(inv, weights=value) if len(uniq) else np.zeros(0)
     return uniq // n_products, uniq % n_products, sums
 

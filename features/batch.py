@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import cast
 
 import numpy as np
@@ -62,9 +63,9 @@ class QueryBatch:
     def __len__(self) -> int:
         return len(self.query_ids)
 
-    @property
+    @cached_property
     def context_query(self) -> np.ndarray:
-        """Query position of every entry of ``context``."""
+        """Query position of every entry of ``context`` (computed once per batch)."""
         return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.context_ptr))
 
     def context_value(self, price: np.ndarray) -> np.ndarray:

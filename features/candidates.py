@@ -7,11 +7,12 @@ task, filters eligibility, keeps each source's top ``per_source`` and merges the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
-from features.arrays import rank_within
+from features.arrays import rank_within, unique_inverse
 from features.batch import QueryBatch
 from features.rules import all_of
 from features.snapshot import FeatureSnapshot
@@ -75,10 +76,17 @@ def eligible(
 def source_stretch(weights: dict[str, float], sources: tuple[str, ...]) -> np.ndarray:
     """Per source, the factor its ranks are multiplied by in the merge: ``1 / weight ** 2``
     (1 for every source without weights; a source without a weight gets the weakest one's)."""
+    return _stretch(tuple(weights.items()), sources).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _stretch(weights: tuple[tuple[str, float], ...], sources: tuple[str, ...]) -> np.ndarray:
+    """:func:`source_stretch` from hashable arguments (once per task and configuration)."""
     if not weights:
         return np.ones(len(sources))
-    floor = max(min(weights.values()), 1e-6)
-    return np.asarray([1.0 / max(weights.get(src, floor), 1e-6) ** 2 for src in sources])
+    by_source = dict(weights)
+    floor = max(min(by_source.values()), 1e-6)
+    return np.asarray([1.0 / max(by_source.get(src, floor), 1e-6) ** 2 for src in sources])
 
 
 def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidates:
@@ -119,7 +127,7 @@ def merge_candidates(
     top = r <= per_source
     q, p, v, r, k = q[top], p[top], v[top], r[top], k[top]
     key = q * snapshot.n_products + p
-    uniq, inv = np.unique(key, return_inverse=True)
+    uniq, inv = unique_inverse(key)
     scores = np.full((len(uniq), len(sources)), np.nan)
     ranks = np.full((len(uniq), len(sources)), np.nan)
     scores[inv, k] = v
@@ -127,7 +135,8 @@ def merge_candidates(
     uq = uniq // snapshot.n_products
     up = uniq % snapshot.n_products
     stretch = source_stretch(snapshot.config.source_weights, sources)
-    best = np.nanmin(ranks * stretch, axis=1) if len(uniq) else np.zeros(0)
+    # every merged row has a rank in some source: the minimum ignoring NaN is never NaN
+    best = np.fmin.reduce(ranks * stretch, axis=1) if len(uniq) else np.zeros(0)
     n_src = np.sum(~np.isnan(ranks), axis=1)
     order = np.lexsort((up, -n_src, best, uq))
     uq, up, scores, ranks = uq[order], up[order], scores[order], ranks[order]

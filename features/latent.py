@@ -19,6 +19,7 @@ the catalog sizes measured (README), so no approximate index is used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -44,6 +45,16 @@ class LatentFactors:
     customer: np.ndarray
     active: np.ndarray
     pool: np.ndarray
+
+    @cached_property
+    def active_items(self) -> np.ndarray:
+        """``item[active]``: the searched item vectors, gathered once (not per request)."""
+        return self.item[self.active]
+
+    @cached_property
+    def pool_customers(self) -> np.ndarray:
+        """``customer[pool]``: the searched customer vectors, gathered once."""
+        return self.customer[self.pool]
 
 
 def _normalise(m: np.ndarray) -> np.ndarray:
@@ -95,13 +106,14 @@ def latent_factors(
 
 
 def top_by_vector(
-    vectors: np.ndarray, candidates: np.ndarray, queries: np.ndarray, n: int
+    block: np.ndarray, candidates: np.ndarray, queries: np.ndarray, n: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per query vector, the ``n`` candidates with the highest positive cosine.
 
     Args:
-        vectors: ``(candidates_all, dims)`` normalised vectors.
-        candidates: Positions (rows of ``vectors``) to search.
+        block: ``(len(candidates), dims)`` normalised vectors of the candidates
+            (:attr:`LatentFactors.active_items` or :attr:`LatentFactors.pool_customers`).
+        candidates: Positions (item or customer) of the rows of ``block``.
         queries: ``(queries, dims)`` query vectors (zero rows find nothing).
         n: How many per query.
 
@@ -109,10 +121,9 @@ def top_by_vector(
         ``(query, position, score)`` sorted by query then score descending then position.
     """
     qs, ps, vs = [], [], []
-    if len(candidates) == 0 or vectors.shape[1] == 0:
+    if len(candidates) == 0 or block.shape[1] == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0)
-    block = vectors[candidates]
     for i in range(len(queries)):
         if not queries[i].any():
             continue

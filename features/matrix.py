@@ -9,12 +9,13 @@ from the query's own context.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from features.arrays import rank_within
+from features.arrays import lookup_many, rank_within_many
 from features.batch import QueryBatch
 from features.candidates import Candidates, collect_candidates
 from features.columns import popularity_column, source_columns
@@ -86,14 +87,32 @@ CONTEXT_FEATURES = (
     "frequency_rank_in_query",
 )
 FIXED_CATEGORICAL = ("cust_lifecycle", "placement")
+# Up to this many rows (serving, small batches) X is filled by one conversion of all columns;
+# larger matrices column by column, without a transient copy.
+ONE_COPY_ROWS = 4096
 
 
 def feature_columns(snapshot: FeatureSnapshot, task: str) -> list[str]:
     """The ordered feature columns of ``task`` for this shop (persona columns vary by shop)."""
-    persona = [f"persona_{c}" for c in snapshot.persona_columns]
-    pops = [popularity_column(w) for w in snapshot.config.popularity_windows_days]
-    src = [col for name in source_names(task) for col in source_columns(name)]
-    return [*CUSTOMER_FEATURES, *persona, *PRODUCT_FEATURES, *pops, *src, *CONTEXT_FEATURES]
+    return list(
+        _feature_columns(
+            tuple(snapshot.persona_columns),
+            tuple(snapshot.config.popularity_windows_days),
+            source_names(task),
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_columns(
+    persona_columns: tuple[str, ...], windows: tuple[int, ...], sources: tuple[str, ...]
+) -> tuple[str, ...]:
+    """:func:`feature_columns` from what it depends on (built once per shop and task, not per
+    request)."""
+    persona = [f"persona_{c}" for c in persona_columns]
+    pops = [popularity_column(w) for w in windows]
+    src = [col for name in sources for col in source_columns(name)]
+    return (*CUSTOMER_FEATURES, *persona, *PRODUCT_FEATURES, *pops, *src, *CONTEXT_FEATURES)
 
 
 def categorical_features(snapshot: FeatureSnapshot) -> dict[str, list[str]]:
@@ -160,6 +179,7 @@ def _customer_block(
     recency = now - last
     tenure = now - first
     monetary = per_customer(a.monetary)
+    spent = np.nan_to_num(monetary)
     lifecycle = np.zeros(n)
     has = n_orders > 0
     lifecycle[has & (tenure < cfg.new_customer_days)] = 1
@@ -169,14 +189,17 @@ def _customer_block(
         "cust_known": known.astype(np.float64),
         "cust_recency_days": recency,
         "cust_frequency": n_orders,
-        "cust_monetary_log": np.log1p(np.nan_to_num(monetary)),
-        "cust_aov_log": np.log1p(np.nan_to_num(monetary) / np.maximum(n_orders, 1)),
+        "cust_monetary_log": np.log1p(spent),
+        "cust_aov_log": np.log1p(spent / np.maximum(n_orders, 1)),
         "cust_tenure_days": tenure,
         "cust_lifecycle": lifecycle,
         "cust_price_level": per_customer(a.price_level),
     }
     for col in snapshot.persona_columns:
         per_query[f"persona_{col}"] = per_customer(a.persona[col])
+    values = list(per_query.values())
+    if all(v.dtype == np.float64 for v in values):  # one gather for every column
+        return dict(zip(per_query, np.array(values)[:, q], strict=True))
     return {k: v[q] for k, v in per_query.items()}
 
 
@@ -263,8 +286,7 @@ def features_for_candidates(
     # context: lift / confidence / category association with each context product
     ctx_size = np.diff(batch.context_ptr)[q].astype(np.float64)
     rows, ctx = _context_pairs(batch, q)
-    lift = pairs.cooc.get(ctx, p[rows])
-    conf = pairs.cooc_conf.get(ctx, p[rows])
+    lift, conf = lookup_many((pairs.cooc, pairs.cooc_conf), ctx, p[rows])
     assoc = pairs.category_assoc.get(a.category[ctx], cat[rows])
     f["ctx_size"] = ctx_size
     f["ctx_lift_max"] = _max_per_row(n, rows, lift)
@@ -276,9 +298,13 @@ def features_for_candidates(
     reason_product = np.full(n, -1, dtype=np.int64)
     if len(rows):
         order = np.lexsort((-ctx, lift, rows))
-        last = np.r_[rows[order][1:] != rows[order][:-1], True]
-        top_rows, top_ctx, top_lift = rows[order][last], ctx[order][last], lift[order][last]
-        reason_product[top_rows[top_lift > 0]] = top_ctx[top_lift > 0]
+        sorted_rows = rows[order]
+        last = np.empty(len(order), dtype=bool)  # the last (best) entry of each row
+        np.not_equal(sorted_rows[1:], sorted_rows[:-1], out=last[:-1])
+        last[-1] = True
+        best = order[last]
+        positive = lift[best] > 0
+        reason_product[rows[best[positive]]] = ctx[best[positive]]
 
     anchor = batch.anchor[q]
     has_anchor = anchor >= 0
@@ -292,47 +318,84 @@ def features_for_candidates(
         a.tier_rank[p] - a.tier_rank[safe_anchor],
         np.nan,
     )
-    # live views and adds (after the snapshot, online only) count as of the cut-off
-    live_views, live_carts = batch.live_count("viewed", q, p), batch.live_count("carted", q, p)
-    f["cust_views_7"] = browse.views_7.get(cust, p) + live_views
-    f["cust_views_30"] = browse.views_30.get(cust, p) + live_views
-    f["cust_carts_7"] = browse.carts_7.get(cust, p) + live_carts
-    f["cust_carts_30"] = browse.carts_30.get(cust, p) + live_carts
-    f["cust_family_views_30"] = browse.family_views_30.get(cust, fam) + _live_family_views(
-        batch, snapshot, q, fam
+    # customer x product, x family and x category tables: one pair-key computation each
+    (
+        views_7,
+        views_30,
+        carts_7,
+        carts_30,
+        last_session,
+        owned,
+        orders,
+        last_bought,
+        own_interval,
+        frequency,
+    ) = lookup_many(
+        (
+            browse.views_7,
+            browse.views_30,
+            browse.carts_7,
+            browse.carts_30,
+            browse.last_session,
+            hist.owned,
+            hist.bought,
+            hist.last_bought,
+            hist.interval,
+            hist.frequency,
+        ),
+        cust,
+        p,
     )
-    f["cust_last_session"] = browse.last_session.get(cust, p)
-    f["cust_owns_family"] = hist.owns_family.get(cust, fam)
-    f["cust_product_quantity"] = hist.owned.get(cust, p)
+    family_views, owns_family = lookup_many((browse.family_views_30, hist.owns_family), cust, fam)
+    last_cat, cat_spend = lookup_many((hist.cat_last_day, hist.cat_spend), cust, cat)
+    # live views and adds (after the snapshot, online only) count as of the cut-off
+    if batch.live:
+        live_views, live_carts = batch.live_count("viewed", q, p), batch.live_count("carted", q, p)
+        views_7, views_30 = views_7 + live_views, views_30 + live_views
+        carts_7, carts_30 = carts_7 + live_carts, carts_30 + live_carts
+        family_views = family_views + _live_family_views(batch, snapshot, q, fam)
+    f["cust_views_7"] = views_7
+    f["cust_views_30"] = views_30
+    f["cust_carts_7"] = carts_7
+    f["cust_carts_30"] = carts_30
+    f["cust_family_views_30"] = family_views
+    f["cust_last_session"] = last_session
+    f["cust_owns_family"] = owns_family
+    f["cust_product_quantity"] = owned
     now = batch.as_of[q]
-    orders = hist.bought.get(cust, p)
-    last_day = np.where(orders > 0, hist.last_bought.get(cust, p), np.nan)
-    interval = hist.interval.get(cust, p)
-    interval = np.where(interval > 0, interval, a.cycle_days[p])
+    last_day = np.where(orders > 0, last_bought, np.nan)
+    interval = np.where(own_interval > 0, own_interval, a.cycle_days[p])
     f["cust_product_orders"] = orders
-    f["cust_product_frequency"] = hist.frequency.get(cust, p)
+    f["cust_product_frequency"] = frequency
     f["cust_product_last_day"] = last_day - snapshot.as_of
     f["days_since_product_purchase"] = now - last_day
-    f["cust_product_interval"] = np.where(orders > 1, hist.interval.get(cust, p), np.nan)
+    f["cust_product_interval"] = np.where(orders > 1, own_interval, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         f["due_ratio"] = f["days_since_product_purchase"] / interval
-    last_cat = hist.cat_last_day.get(cust, cat)
     f["days_since_category_purchase"] = np.where(last_cat > 0, now - last_cat, np.nan)
-    f["cust_category_affinity"] = hist.cat_spend.get(cust, cat)
+    f["cust_category_affinity"] = cat_spend
     f["placement"] = batch.placement[q].astype(np.float64)
     size_q = np.bincount(q, minlength=len(batch))[q].astype(np.float64)
-    f["pop_rank_in_query"] = rank_within(q, a.long_popularity[p]) / size_q
-    f["price_rank_in_query"] = rank_within(q, price) / size_q
-    f["lift_rank_in_query"] = rank_within(q, f["ctx_lift_max"]) / size_q
-    f["trend_rank_in_query"] = rank_within(q, a.trend[p]) / size_q
-    f["conf_rank_in_query"] = rank_within(q, f["ctx_conf_sum"]) / size_q
-    f["seg_pop_rank_in_query"] = rank_within(q, f["seg_pop_share"]) / size_q
-    f["affinity_rank_in_query"] = rank_within(q, f["cust_category_affinity"]) / size_q
-    f["n_sources_rank_in_query"] = rank_within(q, f["n_sources"]) / size_q
-    f["frequency_rank_in_query"] = rank_within(q, f["cust_product_frequency"]) / size_q
+    in_query = {
+        "pop_rank_in_query": a.long_popularity[p],
+        "price_rank_in_query": price,
+        "lift_rank_in_query": f["ctx_lift_max"],
+        "trend_rank_in_query": a.trend[p],
+        "conf_rank_in_query": f["ctx_conf_sum"],
+        "seg_pop_rank_in_query": f["seg_pop_share"],
+        "affinity_rank_in_query": f["cust_category_affinity"],
+        "n_sources_rank_in_query": f["n_sources"],
+        "frequency_rank_in_query": f["cust_product_frequency"],
+    }
+    ranks = rank_within_many(q, list(in_query.values()))
+    for col, r in zip(in_query, ranks, strict=True):
+        f[col] = r / size_q
 
     columns = feature_columns(snapshot, batch.task)
     X = np.empty((n, len(columns)), dtype=np.float32)
-    for j, col in enumerate(columns):
-        X[:, j] = f[col]
+    if n <= ONE_COPY_ROWS:  # one conversion of all columns, then one transposing copy
+        X[:] = np.array([f[col] for col in columns], dtype=np.float32).T
+    else:  # column by column: no second copy of a large matrix (the same float32 values)
+        for j, col in enumerate(columns):
+            X[:, j] = f[col]
     return FeatureMatrix(q, p, X, columns, best_source, reason_product, cands.sources)

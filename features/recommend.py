@@ -23,6 +23,7 @@ task and metadata, saved as a plain folder (``meta.json``, ``<task>.txt``, ``sna
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from features.batch import (
     single_query,
 )
 from features.candidates import candidates_for_products
+from features.compiled import CompiledRanker, CompileError, compile_ranker
 from features.data import schema as s
 from features.guardrails import Selection, apply_guardrails, reasons
 from features.live import NO_ACTIVITY, LiveActivity
@@ -50,6 +52,8 @@ from features.matrix import FeatureMatrix, build_features, feature_columns, feat
 from features.rules import all_of
 from features.snapshot import FeatureSnapshot, to_days
 from features.tasks import Task, all_tasks, get_task, tasks_at
+
+log = logging.getLogger(__name__)
 
 MODEL_FORMAT_VERSION = 2
 SNAPSHOT_DIR = "snapshot"
@@ -158,12 +162,15 @@ class XsellModel:
         boosters: Task -> LightGBM booster (a task may have none when its policy is a baseline).
         policies: Task -> ``ranker`` or ``baseline:<name>``.
         meta: Training facts (version, data range, metrics, feature columns).
+        compiled: Task -> its booster compiled to machine code (:meth:`compile_rankers`;
+            empty unless asked for). Never saved: a loaded model scores with LightGBM.
     """
 
     snapshot: FeatureSnapshot
     boosters: dict[str, lgb.Booster]
     policies: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    compiled: dict[str, CompiledRanker] = field(default_factory=dict)
 
     @property
     def tasks(self) -> tuple[Task, ...]:
@@ -179,10 +186,37 @@ class XsellModel:
         return feature_columns(self.snapshot, task)
 
     def ranker_score(self, X: np.ndarray, task: str, *, num_threads: int = 1) -> np.ndarray:
-        """The ranker's scores of a feature block (one thread, NumPy input: the serving path)."""
+        """The ranker's scores of a feature block (one thread, NumPy input: the serving path);
+        the compiled forest's when :meth:`compile_rankers` made one (the same scores)."""
         if len(X) == 0:
             return np.zeros(0)
-        return np.asarray(self.boosters[task].predict(X, num_threads=num_threads))
+        booster = self.boosters[task]
+        compiled = self.compiled.get(task)
+        if compiled is not None and compiled.booster is booster and num_threads == 1:
+            return compiled.predict(X)
+        return np.asarray(booster.predict(X, num_threads=num_threads))
+
+    def compile_rankers(self, *, cache_dir: str | Path | None = None) -> list[str]:
+        """Compile the rankers of the served tasks to machine code (lleaves), for serving.
+
+        Each compiled forest is checked to score bit-identically to LightGBM
+        (:func:`features.compiled.compile_ranker`); a task whose forest cannot be compiled
+        keeps LightGBM, with a warning. Takes seconds per ranker unless ``cache_dir`` holds
+        the machine code from an earlier run.
+
+        Returns:
+            The tasks now scored by a compiled forest.
+        """
+        for task, booster in self.boosters.items():
+            if self.policy(task) != RANKER:
+                continue
+            try:
+                self.compiled[task] = compile_ranker(
+                    booster, cache_dir=None if cache_dir is None else Path(cache_dir)
+                )
+            except CompileError as exc:
+                log.warning("%s ranker stays on LightGBM: %s", task, exc)
+        return sorted(self.compiled)
 
     def score(self, fm: FeatureMatrix, task: str) -> np.ndarray:
         """Scores of the task's served policy (its ranker, or the chosen baseline)."""

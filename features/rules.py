@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from features.arrays import PairLookup, indicator
+from features.arrays import PairLookup, indicator, is_member
 from features.batch import QueryBatch
 from features.snapshot import FeatureSnapshot
 
@@ -23,7 +23,7 @@ def _in_context(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray
 ) -> np.ndarray:
     if len(batch) == 1:
-        return np.isin(p, batch.context)
+        return is_member(p, batch.context)
     ctx = PairLookup(
         indicator(batch.context_query, batch.context, (len(batch), snapshot.n_products))
     )
@@ -49,15 +49,18 @@ def bought_before(
 ) -> np.ndarray:
     """The customer bought the product before: in the snapshot's history (returns included)
     or live, after it (:mod:`features.live`)."""
-    return (snapshot.history.bought.get(batch.customer[q], p) > 0) | (
-        batch.live_count("bought", q, p) > 0
-    )
+    bought = snapshot.history.bought.get(batch.customer[q], p) > 0
+    if batch.live:
+        bought |= batch.live_count("bought", q, p) > 0
+    return bought
 
 
 def not_just_bought(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray
 ) -> np.ndarray:
     """Replenish: a product bought after the snapshot (live) is not due again yet."""
+    if not batch.live:
+        return np.ones(len(q), dtype=bool)
     return batch.live_count("bought", q, p) == 0
 
 
@@ -86,9 +89,9 @@ def not_owned_durable(
     batch: QueryBatch, snapshot: FeatureSnapshot, q: np.ndarray, p: np.ndarray
 ) -> np.ndarray:
     """Durable products the customer owns are suppressed (consumables are fine)."""
-    owned = (snapshot.history.owned.get(batch.customer[q], p) > 0) | (
-        batch.live_count("bought", q, p) > 0
-    )
+    owned = snapshot.history.owned.get(batch.customer[q], p) > 0
+    if batch.live:
+        owned |= batch.live_count("bought", q, p) > 0
     return ~owned | snapshot.products.is_consumable[p]
 
 
@@ -100,7 +103,7 @@ def outside_context_families(
     if len(batch.context) == 0:
         return np.ones(len(q), dtype=bool)
     if len(batch) == 1:
-        return ~np.isin(fam[p], fam[batch.context])
+        return ~is_member(fam[p], fam[batch.context])
     ctx_fam = PairLookup(
         indicator(
             batch.context_query, fam[batch.context], (len(batch), len(snapshot.family_levels))

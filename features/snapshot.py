@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features.arrays import PairLookup, indicator, prune_rows, rank_within
+from features.arrays import PairLookup, indicator, prune_rows, rank_within, share_keys
 from features.config import FeatureConfig
 from features.cooccurrence import cooccurrence, sequential_lift, sessions, viewed_then_bought
 from features.data import schema as s
@@ -280,6 +280,12 @@ class FeatureSnapshot:
     def __post_init__(self) -> None:
         self.product_index = {p: i for i, p in enumerate(self.product_ids.tolist())}
         self.customer_index = {c: i for i, c in enumerate(self.customer_ids.tolist())}
+        tables = (
+            getattr(getattr(self, part), f.name)
+            for part in self.PARTS
+            for f in dataclasses.fields(getattr(self, part))
+        )
+        share_keys(t for t in tables if isinstance(t, PairLookup))
 
     @property
     def n_products(self) -> int:

@@ -176,6 +176,11 @@ def _via_group_tables(
     """``(context groups) @ assoc @ top``: the group weights first (summed association per
     group), then the groups' top lists combined with those weights, one query and many alike."""
     assoc, top = tables[0].matrix, tables[1].matrix
+    if len(batch) == 1:
+        # the indicator row's stored order is its sorted distinct groups: the same sums
+        groups = group[batch.context]
+        wc, wv = row_combination(assoc, np.unique(groups[groups >= 0]))
+        return _one_row(name, *row_combination(top, wc, wv))
     n_groups = assoc.shape[0]
     xc = indicator(batch.context_query, group[batch.context], (len(batch), n_groups))
     weights = sp.csr_matrix(xc @ assoc)
@@ -183,8 +188,6 @@ def _via_group_tables(
     wq = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(weights.indptr))
     wc = weights.indices.astype(np.int64)
     wv = weights.data
-    if len(batch) == 1:
-        return _one_row(name, *row_combination(top, wc, wv))
     entry, p, v = gather_rows(top, wc)
     return _positive(name, *summed_pairs(wq[entry], p, wv[entry] * v, snapshot.n_products))
 
@@ -258,7 +261,7 @@ def candidates_from_latent_context(batch: QueryBatch, snapshot: FeatureSnapshot)
     lf = snapshot.latent
     vec = np.zeros((len(batch), lf.item.shape[1]), dtype=np.float32)
     np.add.at(vec, batch.context_query, lf.item[batch.context])
-    q, p, v = top_by_vector(lf.item, lf.active, _unit_rows(vec), snapshot.config.per_source)
+    q, p, v = top_by_vector(lf.active_items, lf.active, _unit_rows(vec), snapshot.config.per_source)
     return CandidateSet("latent_context", q, p, v)
 
 
@@ -274,7 +277,7 @@ def candidates_from_latent_customer(batch: QueryBatch, snapshot: FeatureSnapshot
     """Products whose item vector is closest to the customer's vector (their history)."""
     lf = snapshot.latent
     vec = _customer_vectors(batch, snapshot)
-    q, p, v = top_by_vector(lf.item, lf.active, vec, snapshot.config.per_source)
+    q, p, v = top_by_vector(lf.active_items, lf.active, vec, snapshot.config.per_source)
     return CandidateSet("latent_customer", q, p, v)
 
 
@@ -286,7 +289,7 @@ def candidates_from_neighbours(batch: QueryBatch, snapshot: FeatureSnapshot) -> 
     """
     lf, cfg = snapshot.latent, snapshot.config
     vec = _customer_vectors(batch, snapshot)
-    q, nb, sim = top_by_vector(lf.customer, lf.pool, vec, cfg.neighbours + 1)
+    q, nb, sim = top_by_vector(lf.pool_customers, lf.pool, vec, cfg.neighbours + 1)
     not_self = nb != batch.customer[q]
     q, nb, sim = q[not_self], nb[not_self], sim[not_self]
     keep = rank_within(q, -np.arange(len(q), dtype=np.float64)) <= cfg.neighbours
