@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -560,21 +561,23 @@ def snapshot_stamp(folder: str | Path) -> str:
     return pointer.read_text().strip() if pointer.is_file() else SNAPSHOT_DIR
 
 
-def refresh_snapshot(folder: str | Path, snapshot: FeatureSnapshot) -> Path:
+def refresh_snapshot(folder: str | Path, model: XsellModel, snapshot: FeatureSnapshot) -> Path:
     """Make ``snapshot`` the one the model folder serves, for the same rankers.
+
+    Args:
+        folder: The model folder.
+        model: The bundle loaded from ``folder`` (its rankers and config are checked).
+        snapshot: The new snapshot.
 
     It is written beside the current one and the pointer file is replaced atomically; a running
     service polls the pointer and swaps the snapshot in without a restart. Older refreshed
     snapshots beyond :data:`KEEP_SNAPSHOTS` are deleted.
 
     Raises:
-        ModelLoadError: The folder is not a model, or the new snapshot's feature columns differ
-            from the rankers' (new persona columns or levels: retrain instead).
+        ModelLoadError: The new snapshot's config or feature columns differ from the rankers'
+            (new persona columns or levels: retrain instead).
     """
-    import shutil
-
     folder = Path(folder)
-    model = XsellModel.load(folder)
     if snapshot.config != model.snapshot.config:
         raise ModelLoadError("the new snapshot's feature config differs from the model's")
     _check_columns(model.boosters, snapshot)

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from features.recommend import ModelLoadError, XsellModel, snapshot_stamp
+from features.recommend import ModelLoadError, XsellModel, current_snapshot, snapshot_stamp
 from features.snapshot import FeatureSnapshot
 from online.experiments import Experiment, Variant
 from online.records import RecommendationRecord
@@ -121,9 +121,9 @@ class Variants:
             now = snapshot_stamp(folder)
             if now == stamp:
                 continue
-            try:
-                fresh = XsellModel.load(folder).snapshot
-            except (ModelLoadError, OSError) as exc:
+            try:  # `xsell snapshot refresh` checked it against the rankers before switching
+                fresh = FeatureSnapshot.load(current_snapshot(folder))
+            except (ValueError, OSError) as exc:
                 log.error("snapshot refresh of %s not loaded: %s", folder, exc)
                 self._stamps[folder] = now
                 continue

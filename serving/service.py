@@ -305,9 +305,8 @@ def serve(
         for variant in split.variants:
             source = variant.model or uri
             if source not in by_uri:
-                if Path(source).is_dir():
-                    _, version = load_serving_model(source)
-                    folder = Path(source).resolve()
+                if Path(source).is_dir():  # the workers load it and read its version
+                    folder, version = Path(source).resolve(), ""
                 else:
                     folder, version = export_model(source, Path(tmp) / f"model-{len(by_uri)}")
                 by_uri[source] = {"folder": str(folder), "version": version}

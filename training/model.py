@@ -149,5 +149,5 @@ def refresh_model_snapshot(
             f"({model.snapshot.as_of_timestamp}); nothing to refresh"
         )
     snapshot = build_snapshot(shop, as_of=cutoff, config=model.snapshot.config)
-    refresh_snapshot(folder, snapshot)
+    refresh_snapshot(folder, model, snapshot)
     return snapshot
