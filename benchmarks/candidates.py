@@ -7,10 +7,11 @@ Builds the snapshot at the cut-off (default: 42 days before the last purchase) a
 holdout queries of the following ``--days``, runs every source once, and reports the share of
 positives reached (new-to-customer items for cross_sell) at each budget: each source alone
 (its top N); merged by plain best rank (each source's top N/2, N kept), for all sources and for
-the sources that existed before this round (``cooc``, ``sequential``, ``coview``, ``cocart``,
-``category_assoc``, ``segment_popular``, ``trending``); and merged by weighted rank with the
-source weights calibrated on the window before the cut-off, as ``xsell train`` does. Prints
-the seconds each source takes per 1,000 queries.
+the sources that existed before the candidate-recall issue (``cooc``, ``sequential``,
+``coview``, ``cocart``, ``category_assoc``, ``segment_popular``, ``trending``); and merged by
+the learned merge (:func:`features.pipeline.calibrate_merge_weights`, fitted on the window
+before the cut-off as ``xsell train`` does) over each source's top N/2 (the default: 50 for
+100) and top N. Prints the seconds each source takes per 1,000 queries.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from features.candidates import check_point_in_time, merge_candidates
 from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import load_shop
-from features.pipeline import calibrate_source_weights
+from features.pipeline import calibrate_merge_weights
 from features.snapshot import build_snapshot
 from features.sources import sources_for
 from features.tasks import get_task
@@ -94,36 +95,38 @@ def main() -> None:
         sets.append(src.build(batch, snap))
         seconds[src.name] = (time.perf_counter() - t0) / len(batch) * 1000
     calib_start = cutoff - pd.Timedelta(days=2 * args.days)
-    weights = calibrate_source_weights(
-        shop,
-        task=args.task,
-        start=calib_start,
-        end=calib_start + pd.Timedelta(days=args.days),
-        config=FeatureConfig(),
-    )
-    print(
-        "source weights (calibrated on the window before):",
-        {k: round(v, 4) for k, v in weights.items()},
-    )
-    weighted = dataclasses.replace(
-        snap, config=snap.config.model_copy(update={"source_weights": weights})
-    )
+    learned = {}
+    for pool in sorted({max(b // 2, 1) for b in args.budgets} | set(args.budgets)):
+        t0 = time.perf_counter()
+        learned[pool] = calibrate_merge_weights(
+            shop,
+            task=args.task,
+            start=calib_start,
+            end=calib_start + pd.Timedelta(days=args.days),
+            config=FeatureConfig(per_source=pool),
+        )
+        print(f"merge learned with a pool of {pool} per source: {time.perf_counter() - t0:.1f} s")
     rows = []
     for budget in args.budgets:
         row: dict[str, object] = {"budget": budget}
         for cs in sets:
             alone = merge_candidates(batch, snap, [cs], per_source=budget, budget=budget)
             row[cs.source] = round(recall(alone.query, alone.product, positives, total), 4)
+        half = max(budget // 2, 1)
         for name, subset in (
             ("merged (earlier sources)", [cs for cs in sets if cs.source in EARLIER_SOURCES]),
             ("merged (all)", sets),
         ):
-            m = merge_candidates(batch, snap, subset, per_source=max(budget // 2, 1), budget=budget)
+            m = merge_candidates(batch, snap, subset, per_source=half, budget=budget)
             row[name] = round(recall(m.query, m.product, positives, total), 4)
-        m = merge_candidates(batch, weighted, sets, per_source=max(budget // 2, 1), budget=budget)
-        row["merged (all, weighted: the default)"] = round(
-            recall(m.query, m.product, positives, total), 4
-        )
+        for label, pool in (("pool N/2: the default", half), ("pool N", budget)):
+            weighted = dataclasses.replace(
+                snap, config=snap.config.model_copy(update={"merge_weights": learned[pool]})
+            )
+            m = merge_candidates(batch, weighted, sets, per_source=pool, budget=budget)
+            row[f"merged (all, learned, {label})"] = round(
+                recall(m.query, m.product, positives, total), 4
+            )
         rows.append(row)
     table = pd.DataFrame(rows).set_index("budget").T
     print(table.to_string())

@@ -2,7 +2,8 @@
 
 Sources are declared in :mod:`features.sources`; eligibility rules and the candidate budget
 belong to the task (:mod:`features.tasks`). The collector runs every source of the batch's
-task, filters eligibility, keeps each source's top ``per_source`` and merges them by best rank.
+task, filters eligibility, keeps each source's top ``per_source`` and merges them by a learned
+priority over the sources' ranks (:func:`merge_priority`).
 """
 
 from __future__ import annotations
@@ -73,20 +74,52 @@ def eligible(
     return all_of(get_task(batch.task).eligibility, batch, snapshot, query, product)
 
 
-def source_stretch(weights: dict[str, float], sources: tuple[str, ...]) -> np.ndarray:
-    """Per source, the factor its ranks are multiplied by in the merge: ``1 / weight ** 2``
-    (1 for every source without weights; a source without a weight gets the weakest one's)."""
-    return _stretch(tuple(weights.items()), sources).copy()
+RANK_BANDS = 8  # rank bands of the learned merge: 1, 2-3, 4-7, ..., 128 and beyond
+
+
+def rank_band(ranks: np.ndarray) -> np.ndarray:
+    """The merge's band of each 1-based rank: ``floor(log2(rank))``, capped at the last band."""
+    return np.minimum(np.floor(np.log2(np.maximum(ranks, 1.0))), RANK_BANDS - 1).astype(np.int64)
+
+
+def merge_priority(
+    ranks: np.ndarray, sources: tuple[str, ...], weights: dict[str, tuple[float, ...]]
+) -> np.ndarray:
+    """Priority of each merged row (higher first) from its ``(rows, sources)`` ranks.
+
+    With ``weights`` (source -> learned log-odds per :func:`rank_band`, see
+    :func:`features.pipeline.calibrate_merge_weights`) the priority is the sum over the sources
+    that propose the row of their band's weight: a product two good sources agree on beats one
+    that a single source ranks a little higher. Without weights it is minus the best rank in
+    any source (plain best-rank merge).
+    """
+    if len(ranks) == 0:
+        return np.zeros(0)
+    if not weights:
+        # every merged row has a rank in some source: the minimum ignoring NaN is never NaN
+        return -np.fmin.reduce(ranks, axis=1)
+    table = _weight_table(tuple((k, tuple(v)) for k, v in weights.items()), sources)
+    present = ~np.isnan(ranks)
+    bands = rank_band(np.where(present, ranks, 1.0))
+    contrib = table[np.arange(len(sources))[None, :], bands]
+    return np.where(present, contrib, 0.0).sum(axis=1)
 
 
 @functools.lru_cache(maxsize=64)
-def _stretch(weights: tuple[tuple[str, float], ...], sources: tuple[str, ...]) -> np.ndarray:
-    """:func:`source_stretch` from hashable arguments (once per task and configuration)."""
-    if not weights:
-        return np.ones(len(sources))
+def _weight_table(
+    weights: tuple[tuple[str, tuple[float, ...]], ...], sources: tuple[str, ...]
+) -> np.ndarray:
+    """``(sources, RANK_BANDS)`` weights from hashable arguments (a source without weights
+    gets zeros: it only breaks ties)."""
     by_source = dict(weights)
-    floor = max(min(by_source.values()), 1e-6)
-    return np.asarray([1.0 / max(by_source.get(src, floor), 1e-6) ** 2 for src in sources])
+    table = np.zeros((len(sources), RANK_BANDS))
+    for i, src in enumerate(sources):
+        w = np.asarray(by_source.get(src, ()), dtype=np.float64)[:RANK_BANDS]
+        table[i, : len(w)] = w
+        if 0 < len(w) < RANK_BANDS:
+            table[i, len(w) :] = w[-1]
+    table.setflags(write=False)
+    return table
 
 
 def collect_candidates(batch: QueryBatch, snapshot: FeatureSnapshot) -> Candidates:
@@ -112,9 +145,9 @@ def merge_candidates(
 ) -> Candidates:
     """Filter eligibility, keep each source's top ``per_source``, merge, keep ``budget`` per query.
 
-    The merged list per query is ordered by the best weighted rank in any source
-    (``rank / weight ** 2`` with the configured ``source_weights``; plain rank without them),
-    then number of sources, then product position.
+    The merged list per query is ordered by :func:`merge_priority` (the learned
+    ``merge_weights`` of the configuration; plain best rank without them), then number of
+    sources, then product position.
     """
     sources = tuple(cs.source for cs in sets)
     q = np.concatenate([cs.query for cs in sets]) if sets else np.zeros(0, dtype=np.int64)
@@ -134,11 +167,9 @@ def merge_candidates(
     ranks[inv, k] = r
     uq = uniq // snapshot.n_products
     up = uniq % snapshot.n_products
-    stretch = source_stretch(snapshot.config.source_weights, sources)
-    # every merged row has a rank in some source: the minimum ignoring NaN is never NaN
-    best = np.fmin.reduce(ranks * stretch, axis=1) if len(uniq) else np.zeros(0)
+    priority = merge_priority(ranks, sources, snapshot.config.merge_weights)
     n_src = np.sum(~np.isnan(ranks), axis=1)
-    order = np.lexsort((up, -n_src, best, uq))
+    order = np.lexsort((up, -n_src, -priority, uq))
     uq, up, scores, ranks = uq[order], up[order], scores[order], ranks[order]
     pos = rank_within(uq, -np.arange(len(uq), dtype=np.float64))
     keep = pos <= budget

@@ -49,10 +49,12 @@ class FeatureConfig(BaseModel):
         latent_min_buyers: Products with fewer distinct buyers are never latent candidates.
         neighbour_pool: The most active customers searched for a customer's neighbours.
         neighbours: Nearest customers whose purchases the ``neighbours`` source sums.
-        source_weights: Source -> measured strength (its share of positives in its own top
-            ``per_source`` on a calibration window; ``xsell train`` measures it). The merge
-            orders candidates by ``rank / weight ** 2`` (best over sources), so a strong
-            source's 20th candidate comes before a weak source's 5th. Empty: plain best rank.
+        merge_weights: Source -> learned log-odds that a candidate of each rank band
+            (:func:`features.candidates.rank_band`: 1, 2-3, 4-7, ...) is a positive, measured
+            by ``xsell train`` on its first fit window (a logistic regression over the bands of
+            every source, ``features.pipeline.calibrate_merge_weights``). The merge orders a
+            query's candidates by the sum of the weights of the sources proposing each one.
+            Empty: plain best rank.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -85,7 +87,7 @@ class FeatureConfig(BaseModel):
     latent_min_buyers: int = Field(3, ge=1)
     neighbour_pool: int = Field(20_000, ge=1)
     neighbours: int = Field(20, ge=1)
-    source_weights: dict[str, float] = Field(default_factory=dict)
+    merge_weights: dict[str, tuple[float, ...]] = Field(default_factory=dict)
 
     def candidates_for(self, task: str) -> int:
         """Candidates kept per query of ``task`` (the ``<task>_candidates`` field)."""

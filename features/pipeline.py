@@ -7,6 +7,7 @@ the same :func:`features.matrix.build_features` that serving calls for one query
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -14,9 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
 
 from features.batch import QUERY_ID, batch_from_frame
-from features.candidates import candidate_sets, merge_candidates
+from features.candidates import RANK_BANDS, candidate_sets, merge_candidates, rank_band
 from features.columns import source_columns
 from features.config import FeatureConfig
 from features.data import schema as s
@@ -214,7 +217,10 @@ def build_task_set(
     )
 
 
-def calibrate_source_weights(
+MIN_MERGE_POSITIVES = 20  # fewer positives in the calibration window: plain best-rank merge
+
+
+def calibrate_merge_weights(
     shop: Shop,
     *,
     task: str,
@@ -222,15 +228,19 @@ def calibrate_source_weights(
     end: pd.Timestamp,
     config: FeatureConfig,
     snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
-    max_queries: int = 1000,
+    max_queries: int = 2000,
     seed: int = 0,
-) -> dict[str, float]:
-    """Each source's strength on the queries of ``[start, end)``: the share of the positives
-    found in its own top ``per_source`` (eligible candidates only), measured on a snapshot at
-    ``start``. These are the ``source_weights`` of the merge (:func:`merge_candidates`).
+) -> dict[str, tuple[float, ...]]:
+    """Learn the candidate merge on the queries of ``[start, end)`` (snapshot at ``start``).
+
+    Every source's eligible top ``per_source`` is pooled; a logistic regression (scikit-learn)
+    over one indicator per (source, :func:`features.candidates.rank_band`) predicts which
+    pooled candidates are positives. Its coefficients, made non-increasing along the bands (a
+    worse rank is never worth more), are the ``merge_weights`` :func:`merge_candidates` sums.
 
     Returns:
-        Source -> share (empty when the window has no labelled query).
+        Source -> weight per rank band (empty when the window has fewer than
+        ``MIN_MERGE_POSITIVES`` positives in the pool: the merge then uses plain best rank).
     """
     lq = get_task(task).training_queries(shop, start=start, end=end, config=config)
     queries = lq.queries
@@ -244,20 +254,39 @@ def calibrate_source_weights(
     if start not in cache:
         cache[start] = build_snapshot(shop, as_of=start, config=config)
     snap = cache[start]
+    plain = dataclasses.replace(snap, config=snap.config.model_copy(update={"merge_weights": {}}))
     labels = lq.labels.loc[lq.labels[QUERY_ID].isin(queries[QUERY_ID])]
-    batch = batch_from_frame(queries, snap, task=task)
+    batch = batch_from_frame(queries, plain, task=task)
+    sets = candidate_sets(batch, plain)
+    pool = merge_candidates(
+        batch, plain, sets, per_source=config.per_source, budget=len(sets) * config.per_source
+    )
+    rows = pd.MultiIndex.from_arrays(
+        [batch.query_ids[pool.query].astype(str), snap.product_ids[pool.product].astype(str)]
+    )
     positives = pd.MultiIndex.from_arrays(
         [labels[QUERY_ID].astype(str).to_numpy(), labels[s.PRODUCT_ID].astype(str).to_numpy()]
     )
+    y = rows.isin(positives).astype(np.int8)
+    if y.sum() < MIN_MERGE_POSITIVES or y.sum() == len(y):
+        return {}
+    present = ~np.isnan(pool.ranks)
+    row, src = np.nonzero(present)
+    col = src * RANK_BANDS + rank_band(pool.ranks[row, src])
+    X = sp.csr_matrix(
+        (np.ones(len(row)), (row, col)), shape=(len(pool), len(pool.sources) * RANK_BANDS)
+    )
+    fit = LogisticRegression(C=1.0, max_iter=1000).fit(X, y)
+    coef = fit.coef_.reshape(len(pool.sources), RANK_BANDS)
+    seen = np.zeros_like(coef, dtype=bool)
+    seen.reshape(-1)[np.unique(col)] = True
     out = {}
-    for cs in candidate_sets(batch, snap):
-        alone = merge_candidates(
-            batch, snap, [cs], per_source=config.per_source, budget=config.per_source
-        )
-        rows = pd.MultiIndex.from_arrays(
-            [batch.query_ids[alone.query].astype(str), snap.product_ids[alone.product].astype(str)]
-        )
-        out[cs.source] = float(rows.isin(positives).sum()) / max(len(labels), 1)
+    for i, name in enumerate(pool.sources):
+        if not seen[i].any():
+            continue  # the source proposed nothing eligible: it only breaks ties
+        w = np.minimum.accumulate(np.where(seen[i], coef[i], np.inf))
+        w = np.where(np.isfinite(w), w, coef[i][seen[i]].min())
+        out[name] = tuple(round(float(x), 6) for x in w)
     return out
 
 

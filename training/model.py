@@ -142,7 +142,9 @@ def refresh_model_snapshot(
     """
     model = XsellModel.load(folder)
     shop = load_shop(data)
-    cutoff = pd.Timestamp(until) if until is not None else shop.time_range()[1] + pd.Timedelta(1, "s")
+    cutoff = (
+        pd.Timestamp(until) if until is not None else shop.time_range()[1] + pd.Timedelta(1, "s")
+    )
     if cutoff <= model.snapshot.as_of_timestamp:
         raise ValueError(
             f"the new cut-off {cutoff} is not later than the served snapshot "

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
-from features.pipeline import TaskSet, build_task_set, calibrate_source_weights, cutoffs
+from features.pipeline import TaskSet, build_task_set, calibrate_merge_weights, cutoffs
 from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
 from features.snapshot import FeatureSnapshot, build_snapshot
 from features.tasks import all_tasks
@@ -214,20 +214,20 @@ def fit_and_validation_sets(
 
 
 def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> TrainConfig:
-    """``cfg`` with the candidate merge weights measured on the first fit step (unless the
-    configuration fixes them)."""
-    if cfg.features.source_weights:
+    """``cfg`` with the candidate merge learned on the first fit step (unless the configuration
+    fixes it)."""
+    if cfg.features.merge_weights:
         return cfg
     start = split.fit_start
     end = min(start + pd.Timedelta(days=cfg.split.step_days), split.valid_start)
-    weights: dict[str, float] = {}
+    weights: dict[str, tuple[float, ...]] = {}
     calibration: dict[pd.Timestamp, FeatureSnapshot] = {}  # one snapshot for every task
     tasks = all_tasks()
-    say(f"measuring each candidate source on {start.date()} .. {end.date()}")
+    say(f"learning the candidate merge on {start.date()} .. {end.date()}")
     with say.step("candidate sources", len(tasks), unit="tasks") as step:
         for task in tasks:
             weights.update(
-                calibrate_source_weights(
+                calibrate_merge_weights(
                     shop,
                     task=task.name,
                     start=start,
@@ -238,7 +238,7 @@ def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> Tr
                 )
             )
             step.advance(note=task.name)
-    features = cfg.features.model_copy(update={"source_weights": weights})
+    features = cfg.features.model_copy(update={"merge_weights": weights})
     return cfg.model_copy(update={"features": features})
 
 
@@ -463,7 +463,7 @@ def train(
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         snapshots: dict[pd.Timestamp, FeatureSnapshot] = {}
         cfg = _calibrated(shop, cfg, split, say)
-        tracker.log_dict(cfg.features.source_weights, "source_weights.json")
+        tracker.log_dict(cfg.features.merge_weights, "merge_weights.json")
         sets = _task_sets(shop, config=cfg, split=split, snapshots=snapshots, say=say)
         if not snapshots:
             raise ValueError("no task has labelled queries in the training window")

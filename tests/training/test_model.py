@@ -19,6 +19,7 @@ from trained_model import (
 )
 
 from features.data import schema as s
+from features.recommend import MODEL_FORMAT_VERSION
 from features.tasks import task_names
 from training.model import ModelLoadError, XsellModel, load_model
 from training.tracking import Tracker
@@ -75,7 +76,9 @@ def test_reload_gives_identical_scores_and_recommendations(
         ),
         pytest.param(lambda d: (d / "meta.json").write_text("[1]"), "JSON object", id="list"),
         pytest.param(
-            lambda d: (d / "meta.json").write_text(json.dumps({"format_version": 2})),
+            lambda d: (d / "meta.json").write_text(
+                json.dumps({"format_version": MODEL_FORMAT_VERSION})
+            ),
             "no rankers or policies",
             id="no-tasks",
         ),
