@@ -50,15 +50,11 @@ def run_one(customers: int, work: Path, n_single: int) -> dict:
     split = make_split(shop, cfg, None)
     t0 = time.perf_counter()
     n_queries = n_rows = 0
-    snapshots: dict = {}
-    for task in task_names():
-        sets = fit_and_validation_sets(
-            shop, task=task, config=cfg, split=split, snapshots=snapshots
-        )
+    built = fit_and_validation_sets(shop, tasks=task_names(), config=cfg, split=split)
+    for sets in built.values():
         n_queries += sum(len(ts.queries) for ts in sets.values())
         n_rows += sum(len(ts) for ts in sets.values())
     build_s = time.perf_counter() - t0
-    snapshots.clear()
 
     snap = build_snapshot(shop, as_of=split.train_until, config=cfg.features)
     rng = np.random.default_rng(0)

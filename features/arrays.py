@@ -62,6 +62,62 @@ def rank_within(groups: np.ndarray, values: np.ndarray, *, descending: bool = Tr
     return ranks
 
 
+TOP_BLOCK_CELLS = 1 << 22  # cells of one padded block in :func:`top_within` (32 MB of float64)
+
+
+def top_within(groups: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The elements of rank ``<= n`` inside their group, without sorting the whole array.
+
+    The same elements and ranks as ``rank_within(groups, values) <= n`` (descending, NaN last,
+    ties broken by position): per group the ``n``-th largest value is found by a partial sort
+    (``np.partition`` over padded blocks of groups), everything above it is kept, and the ties
+    at it are kept in position order until ``n`` are kept. Only the kept elements are then
+    ranked. Costs grow linearly with the input (a source proposing thousands of products per
+    query is cut to its top ``n`` in one pass).
+
+    Returns:
+        ``(index, rank)``: positions of the kept elements in ascending order, and their 1-based
+        ranks.
+    """
+    size = len(values)
+    values = np.asarray(values, dtype=np.float64)
+    if size == 0 or n <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    key = np.where(np.isnan(values), -np.inf, values)
+    order = np.argsort(groups, kind="stable")  # by group, then position
+    g = groups[order]
+    starts = group_starts(g)
+    sizes = np.diff(np.append(starts, size))
+    if sizes.max() <= n:
+        index = np.arange(size, dtype=np.int64)
+        return index, rank_within(groups, values)
+    k = key[order]
+    threshold = np.empty(len(starts))
+    ends = starts + sizes
+    lo = 0
+    while lo < len(starts):  # contiguous blocks of groups, each padded to its widest group
+        hi, width = lo + 1, int(sizes[lo])
+        while hi < len(starts) and (hi - lo + 1) * max(width, int(sizes[hi])) <= TOP_BLOCK_CELLS:
+            width = max(width, int(sizes[hi]))
+            hi += 1
+        padded = np.full((hi - lo, max(width, n)), -np.inf)
+        first = int(starts[lo])
+        col = np.arange(first, int(ends[hi - 1])) - np.repeat(starts[lo:hi], sizes[lo:hi])
+        padded[np.repeat(np.arange(hi - lo), sizes[lo:hi]), col] = k[first : ends[hi - 1]]
+        threshold[lo:hi] = np.partition(padded, padded.shape[1] - n, axis=1)[:, -n]
+        lo = hi
+    row = np.repeat(np.arange(len(starts)), sizes)
+    t = threshold[row]
+    above = k > t
+    tie = k == t
+    need = n - np.bincount(row, weights=above, minlength=len(starts)).astype(np.int64)
+    ties_seen = np.cumsum(tie) - tie  # ties before each element, over the whole array
+    tie_before = ties_seen - np.repeat(ties_seen[starts], sizes)  # ... inside its group
+    keep = above | (tie & (tie_before < need[row]))
+    index = np.sort(order[keep])
+    return index, rank_within(groups[index], values[index])
+
+
 def rank_within_many(
     groups: np.ndarray, columns: Sequence[np.ndarray], *, descending: bool = True
 ) -> np.ndarray:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.arrays import rank_within, unique_inverse
+from features.arrays import rank_within, top_within, unique_inverse
 from features.batch import QueryBatch
 from features.rules import all_of
 from features.snapshot import FeatureSnapshot
@@ -156,9 +156,8 @@ def merge_candidates(
     k = np.repeat(np.arange(len(sets), dtype=np.int64), [len(cs.query) for cs in sets])
     ok = eligible(batch, snapshot, q, p)
     q, p, v, k = q[ok], p[ok], v[ok], k[ok]
-    r = rank_within(k * len(batch) + q, v)
-    top = r <= per_source
-    q, p, v, r, k = q[top], p[top], v[top], r[top], k[top]
+    top, r = top_within(k * len(batch) + q, v, per_source)
+    q, p, v, k = q[top], p[top], v[top], k[top]
     key = q * snapshot.n_products + p
     uniq, inv = unique_inverse(key)
     scores = np.full((len(uniq), len(sources)), np.nan)

@@ -8,11 +8,14 @@ the same :func:`features.matrix.build_features` that serving calls for one query
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import logging
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import joblib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -136,84 +139,180 @@ def build_task_set(
     snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TaskSet:
-    """Build the labelled candidate set of ``task`` for queries with ``as_of`` in ``[start, end)``.
+    """Build the labelled candidate set of ``task`` for queries with ``as_of`` in ``[start, end)``
+    (:func:`build_task_sets` for one task, in this process).
+
+    Raises:
+        ValueError: No labelled query in the range.
+    """
+    sets = build_task_sets(
+        shop,
+        tasks=(task,),
+        start=start,
+        end=end,
+        config=config,
+        step_days=step_days,
+        max_queries_per_cutoff=max_queries_per_cutoff,
+        seed=seed,
+        snapshots=snapshots,
+        progress=progress,
+    )
+    if task not in sets:
+        raise ValueError(f"{task}: no labelled queries between {start} and {end}")
+    return sets[task]
+
+
+def build_task_sets(
+    shop: Shop,
+    *,
+    tasks: tuple[str, ...],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    config: FeatureConfig,
+    step_days: int = 14,
+    max_queries_per_cutoff: int | None = None,
+    seed: int = 0,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
+    progress: Callable[[str], None] | None = None,
+    workers: int = 1,
+) -> dict[str, TaskSet]:
+    """The labelled candidate sets of ``tasks`` for queries with ``as_of`` in ``[start, end)``.
+
+    One unit of work per rolling cut-off: its snapshot, then every task's queries of that step
+    scored against it, so the snapshot is built once and dropped after its step. With
+    ``workers > 1`` the cut-offs run in that many processes (joblib); the sets are the same
+    (each cut-off samples its queries with its own seed, whatever process runs it).
 
     Args:
         shop: The validated shop.
-        task: A registered task name.
+        tasks: Registered task names.
         start: First cut-off (inclusive).
         end: End of the query range (exclusive).
         config: Candidate sizes and windows.
         step_days: Days between rolling cut-offs.
-        max_queries_per_cutoff: Sample at most this many queries per cut-off (None: all).
+        max_queries_per_cutoff: Sample at most this many queries per task and cut-off (None:
+            all).
         seed: Seed of that sample.
-        snapshots: Cache of snapshots by cut-off, shared between tasks.
+        snapshots: Snapshots by cut-off to reuse, and to keep the built ones in (one process
+            only; None: built and dropped per cut-off).
         progress: Called with a short message per cut-off.
+        workers: Processes building cut-offs.
+
+    Returns:
+        Task name -> set, for the tasks with at least one labelled query.
     """
-    spec = get_task(task)
-    cache = snapshots if snapshots is not None else {}
-    cuts = cutoffs(start, end, step_days)
-    parts: list[dict] = []
-    query_rows: list[pd.DataFrame] = []
-    columns: list[str] = []
-    sources: tuple[str, ...] = ()
-    rng = np.random.default_rng(seed)
-    for lo, hi in itertools.pairwise(cuts):
-        lq = spec.training_queries(shop, start=lo, end=hi, config=config)
+    for task in tasks:
+        get_task(task)  # a clear error for an unknown task before any work
+    steps = list(itertools.pairwise(cutoffs(start, end, step_days)))
+    job = functools.partial(
+        _cutoff_parts,
+        shop,
+        tasks,
+        config=config,
+        max_queries=max_queries_per_cutoff,
+        seed=seed,
+    )
+    if workers > 1 and len(steps) > 1 and snapshots is None:
+        runner = joblib.Parallel(n_jobs=min(workers, len(steps)), return_as="generator")
+        done = runner(joblib.delayed(job)(lo, hi) for lo, hi in steps)
+    else:
+        done = (job(lo, hi, snapshots=snapshots) for lo, hi in steps)
+    per_task: dict[str, list[_Part]] = {task: [] for task in tasks}
+    for (lo, _), parts in zip(steps, done, strict=True):
+        if progress is not None:
+            sizes = ", ".join(
+                f"{t} {sum(len(p.queries) for p in ps):,d}" for t, ps in parts.items()
+            )
+            progress(f"cut-off {lo.date()} ({sizes or 'no queries'})")
+        for task, task_parts in parts.items():
+            per_task[task].extend(task_parts)
+    return {task: _concat(task, parts) for task, parts in per_task.items() if parts}
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One chunk of queries of one task: its rows (:class:`TaskSet` columns) and query table."""
+
+    rows: dict[str, np.ndarray]
+    queries: pd.DataFrame
+    columns: list[str]
+    sources: tuple[str, ...]
+
+
+def _cutoff_parts(
+    shop: Shop,
+    tasks: tuple[str, ...],
+    lo: pd.Timestamp,
+    hi: pd.Timestamp,
+    *,
+    config: FeatureConfig,
+    max_queries: int | None,
+    seed: int,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
+) -> dict[str, list[_Part]]:
+    """Every task's parts for the queries in ``[lo, hi)``, scored against the snapshot at
+    ``lo`` (built only if some task has queries there)."""
+    out: dict[str, list[_Part]] = {}
+    snap = None if snapshots is None else snapshots.get(lo)
+    for task in tasks:
+        lq = get_task(task).training_queries(shop, start=lo, end=hi, config=config)
         queries, labels = lq.queries, lq.labels
-        if max_queries_per_cutoff is not None and len(queries) > max_queries_per_cutoff:
-            pick = np.sort(rng.choice(len(queries), max_queries_per_cutoff, replace=False))
+        if max_queries is not None and len(queries) > max_queries:
+            rng = np.random.default_rng([seed, zlib.crc32(task.encode()), lo.value])
+            pick = np.sort(rng.choice(len(queries), max_queries, replace=False))
             queries = queries.iloc[pick].reset_index(drop=True)
             labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
         if len(queries) == 0:
             continue
-        if lo not in cache:
-            cache[lo] = build_snapshot(shop, as_of=lo, config=config)
-        snap = cache[lo]
-        if progress is not None:
-            progress(f"{task}: cut-off {lo.date()} ({len(queries):,d} queries)")
+        if snap is None:
+            snap = build_snapshot(shop, as_of=lo, config=config)
+            if snapshots is not None:
+                snapshots[lo] = snap
         columns = feature_columns(snap, task)
         n_pos = labels.groupby(QUERY_ID).size()
         n_rebuy = labels.loc[labels[REBUY].to_numpy(dtype=bool)].groupby(QUERY_ID).size()
+        parts = out.setdefault(task, [])
         for c0 in range(0, len(queries), CHUNK_QUERIES):
             chunk = queries.iloc[c0 : c0 + CHUNK_QUERIES]
             batch = batch_from_frame(chunk, snap, task=task)
             fm = build_features(batch, snap)
             y, rebuy = label_matrix(fm, batch.query_ids, snap, labels)
-            parts.append(
-                {
-                    "X": fm.X,
-                    "label": y,
-                    "rebuy": rebuy,
-                    "allowed": allowed(batch, snap, fm),
-                    "query_id": batch.query_ids[fm.query],
-                    "product_id": snap.product_ids[fm.product],
-                    "best_source": fm.best_source,
-                    "reason_product": np.where(
-                        fm.reason_product >= 0,
-                        snap.product_ids[np.maximum(fm.reason_product, 0)],
-                        "",
-                    ),
-                }
-            )
-            sources = fm.sources
+            rows = {
+                "X": fm.X,
+                "label": y,
+                "rebuy": rebuy,
+                "allowed": allowed(batch, snap, fm),
+                "query_id": batch.query_ids[fm.query],
+                "product_id": snap.product_ids[fm.product],
+                "best_source": fm.best_source,
+                "reason_product": np.where(
+                    fm.reason_product >= 0,
+                    snap.product_ids[np.maximum(fm.reason_product, 0)],
+                    "",
+                ),
+            }
             meta = _query_meta(chunk, batch.customer, snap, fm, y, rebuy, (n_pos, n_rebuy))
-            query_rows.append(meta)
-    if not parts:
-        raise ValueError(f"{task}: no labelled queries between {start} and {end}")
+            parts.append(_Part(rows, meta, columns, fm.sources))
+    return out
+
+
+def _concat(task: str, parts: list[_Part]) -> TaskSet:
+    def stacked(name: str) -> np.ndarray:
+        return np.concatenate([p.rows[name] for p in parts])
+
     return TaskSet(
         task=task,
-        X=np.concatenate([p["X"] for p in parts]),
-        columns=columns,
-        label=np.concatenate([p["label"] for p in parts]),
-        rebuy=np.concatenate([p["rebuy"] for p in parts]),
-        allowed=np.concatenate([p["allowed"] for p in parts]),
-        query_id=np.concatenate([p["query_id"] for p in parts]),
-        product_id=np.concatenate([p["product_id"] for p in parts]),
-        best_source=np.concatenate([p["best_source"] for p in parts]),
-        reason_product=np.concatenate([p["reason_product"] for p in parts]),
-        queries=pd.concat(query_rows, ignore_index=True),
-        sources=sources,
+        X=stacked("X"),
+        columns=parts[-1].columns,
+        label=stacked("label"),
+        rebuy=stacked("rebuy"),
+        allowed=stacked("allowed"),
+        query_id=stacked("query_id"),
+        product_id=stacked("product_id"),
+        best_source=stacked("best_source"),
+        reason_product=stacked("reason_product"),
+        queries=pd.concat([p.queries for p in parts], ignore_index=True),
+        sources=parts[-1].sources,
     )
 
 

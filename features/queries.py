@@ -29,6 +29,7 @@ Only queries with at least one positive are kept.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,22 @@ def _hash01(values: pd.Series) -> np.ndarray:
     return (digest.to_numpy() % np.uint64(1_000_003)).astype(np.float64) / 1_000_003.0
 
 
+_PER_SHOP: dict[int, tuple[weakref.ref[Shop], pd.DataFrame, pd.Series]] = {}
+
+
+def _lines_and_first(shop: Shop) -> tuple[pd.DataFrame, pd.Series]:
+    """:func:`_lines` and :func:`_first_bought` of ``shop``, computed once per shop object (every
+    task and cut-off of a run mines the same lines; the shop is frozen)."""
+    key = id(shop)
+    held = _PER_SHOP.get(key)
+    if held is not None and held[0]() is shop:
+        return held[1], held[2]
+    lines = _lines(shop)
+    first = _first_bought(lines)
+    _PER_SHOP[key] = (weakref.ref(shop, lambda _: _PER_SHOP.pop(key, None)), lines, first)
+    return lines, first
+
+
 def _lines(shop: Shop) -> pd.DataFrame:
     """Distinct positive order lines with product attributes."""
     pur = shop.purchases
@@ -91,7 +108,7 @@ def _order_queries(
         order's other products (in-order queries) and of the customer's purchases in the
         ``window_days`` after ``as_of`` (labels may look past ``end``).
     """
-    lines = _lines(shop)
+    lines, first = _lines_and_first(shop)
     in_range = lines.loc[(lines[s.TS] >= start) & (lines[s.TS] < end)].copy()
     in_range["h"] = _hash01(in_range[s.ORDER_ID] + "|" + in_range[s.PRODUCT_ID])
     in_range = in_range.sort_values([s.ORDER_ID, "h", s.PRODUCT_ID])
@@ -137,7 +154,7 @@ def _order_queries(
         & (later["o2"] != later[s.ORDER_ID])
     ]
     bought = pd.concat([rest[[QUERY_ID, s.PRODUCT_ID]], later[[QUERY_ID, s.PRODUCT_ID]]])
-    return queries, with_rebuy_flag(bought.drop_duplicates(), queries, _first_bought(lines))
+    return queries, with_rebuy_flag(bought.drop_duplicates(), queries, first)
 
 
 def with_rebuy_flag(labels: pd.DataFrame, queries: pd.DataFrame, first: pd.Series) -> pd.DataFrame:
@@ -195,7 +212,7 @@ def upsell_queries(
     shop: Shop, *, start: pd.Timestamp, end: pd.Timestamp, config: FeatureConfig
 ) -> LabelledQueries:
     """Upsell queries whose ``as_of`` is in ``[start, end)`` (events if present, else purchases)."""
-    lines = _lines(shop)
+    lines, first = _lines_and_first(shop)
     window = pd.Timedelta(days=config.upsell_window_days)
     prod = shop.products[[s.PRODUCT_ID, s.FAMILY, s.PRICE]]
     if shop.events is not None and len(shop.events):
@@ -230,7 +247,7 @@ def upsell_queries(
     queries[CART] = [[] for _ in range(len(queries))]
     queries[PLACEMENT] = "product_page"
     labels = pairs[[QUERY_ID, s.PRODUCT_ID]].drop_duplicates()
-    return _finish(queries, with_rebuy_flag(labels, queries, _first_bought(lines)), s.UPSELL)
+    return _finish(queries, with_rebuy_flag(labels, queries, first), s.UPSELL)
 
 
 def _finish(queries: pd.DataFrame, labels: pd.DataFrame, task: str) -> LabelledQueries:

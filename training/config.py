@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import joblib
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from features.config import FeatureConfig
+from features.data.io import Shop
+
+PARALLEL_MIN_LINES = 200_000
 
 
 class RankerConfig(BaseModel):
@@ -53,6 +57,19 @@ class TrainConfig(BaseModel):
     primary_metric: str = "ndcg_at_10"
     promotion_margin: float = Field(0.02, ge=0)
     model_name: str = "xsell-ranker"
+    # processes building the training cut-offs (one snapshot each); 0: one per CPU on a shop of
+    # at least PARALLEL_MIN_LINES order lines, else 1 (starting workers costs seconds)
+    workers: int = Field(0, ge=0)
+
+    def workers_for(self, shop: Shop, n_cutoffs: int) -> int:
+        """Processes for a build of ``n_cutoffs`` cut-offs on ``shop`` (never more than them)."""
+        if self.workers:
+            wanted = self.workers
+        elif len(shop.purchases) >= PARALLEL_MIN_LINES:
+            wanted = joblib.cpu_count()
+        else:
+            wanted = 1
+        return max(1, min(wanted, n_cutoffs))
 
     @classmethod
     def from_yaml(cls, path: str | Path | None) -> TrainConfig:

@@ -106,19 +106,13 @@ class Progress:
 
     @contextmanager
     def cutoffs(self, description: str, total: int) -> Iterator[Callable[[str], None]]:
-        """A bar over the cut-offs of one task set, fed by the ``progress`` callback of
-        :func:`features.pipeline.build_task_set` (called when a cut-off starts: each call after
-        the first marks the previous cut-off done)."""
+        """A bar over the cut-offs of one build, fed by the ``progress`` callback of
+        :func:`features.pipeline.build_task_sets` (called when a cut-off is done)."""
         with self.step(description, total, unit="cut-offs") as step:
-            started = False
 
             def callback(message: str) -> None:
-                nonlocal started
-                note = message.split(": ", 1)[-1].removeprefix("cut-off ")
-                if not self.bars:
-                    return
-                step.advance(1 if started else 0, note)
-                started = True
+                if self.bars:
+                    step.advance(1, message.removeprefix("cut-off "))
 
             yield callback
 

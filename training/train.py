@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
-from features.pipeline import TaskSet, build_task_set, calibrate_merge_weights, cutoffs
+from features.pipeline import TaskSet, build_task_sets, calibrate_merge_weights, cutoffs
 from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
 from features.snapshot import FeatureSnapshot, build_snapshot
 from features.tasks import all_tasks
@@ -178,39 +178,43 @@ def _baselines_figure(model: XsellModel, evals: dict[str, TaskEvaluation]) -> Fi
 def fit_and_validation_sets(
     shop: Shop,
     *,
-    task: str,
+    tasks: tuple[str, ...],
     config: TrainConfig,
     split: Split,
-    snapshots: dict[pd.Timestamp, FeatureSnapshot],
     progress: Progress | Callable[[str], None] | None = None,
-) -> dict[str, TaskSet]:
-    """The ``fit`` and ``validation`` task sets of a split (rolling cut-offs, shared cache).
+) -> dict[str, dict[str, TaskSet]]:
+    """Task -> ``{"fit": set, "validation": set}`` of a split, every task in one pass over the
+    rolling cut-offs (``config.workers`` processes); a task missing from either window is left
+    out.
 
-    ``progress``: a message per set and, with bars, one bar per set over its cut-offs.
+    ``progress``: a message per window and, with bars, one bar per window over its cut-offs.
     """
     report = Progress.of(progress)
-    sets = {}
+    sets: dict[str, dict[str, TaskSet]] = {}
     for name, lo, hi in (
         ("fit", split.fit_start, split.valid_start),
         ("validation", split.valid_start, split.valid_end),
     ):
         n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+        workers = config.workers_for(shop, n_cutoffs)
         if not report.bars:
-            report(f"{task}: building {name} features ({n_cutoffs} cut-offs)")
-        with report.cutoffs(f"{task} {name} features", n_cutoffs) as per_cutoff:
-            sets[name] = build_task_set(
+            report(f"building {name} features ({n_cutoffs} cut-offs, {workers} workers)")
+        with report.cutoffs(f"{name} features", n_cutoffs) as per_cutoff:
+            built = build_task_sets(
                 shop,
-                task=task,
+                tasks=tasks,
                 start=lo,
                 end=hi,
                 config=config.features,
                 step_days=config.split.step_days,
                 max_queries_per_cutoff=config.split.max_queries_per_cutoff,
                 seed=config.seed,
-                snapshots=snapshots,
                 progress=per_cutoff,
+                workers=workers,
             )
-    return sets
+        for task, ts in built.items():
+            sets.setdefault(task, {})[name] = ts
+    return {task: pair for task, pair in sets.items() if len(pair) == 2}
 
 
 def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> TrainConfig:
@@ -243,24 +247,14 @@ def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> Tr
 
 
 def _task_sets(
-    shop: Shop,
-    *,
-    config: TrainConfig,
-    split: Split,
-    snapshots: dict[pd.Timestamp, FeatureSnapshot],
-    say: Progress,
+    shop: Shop, *, config: TrainConfig, split: Split, say: Progress
 ) -> dict[str, dict[str, TaskSet]]:
     """Fit and validation sets of every task that has labelled queries in both windows."""
-    out = {}
-    for task in all_tasks():
-        try:
-            out[task.name] = fit_and_validation_sets(
-                shop, task=task.name, config=config, split=split, snapshots=snapshots, progress=say
-            )
-        except ValueError as exc:
-            if "no labelled queries" not in str(exc):
-                raise
-            say(f"{task.name}: no ranker ({exc}); the task is served by its best baseline")
+    names = tuple(task.name for task in all_tasks())
+    out = fit_and_validation_sets(shop, tasks=names, config=config, split=split, progress=say)
+    for task in names:
+        if task not in out:
+            say(f"{task}: no ranker (no labelled queries); the task is served by its best baseline")
     return out
 
 
@@ -461,18 +455,15 @@ def train(
         tracker.log_params(cfg.model_dump(mode="json"))
         tracker.log_params({"train_until": str(split.train_until)})
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
-        snapshots: dict[pd.Timestamp, FeatureSnapshot] = {}
         cfg = _calibrated(shop, cfg, split, say)
         tracker.log_dict(cfg.features.merge_weights, "merge_weights.json")
-        sets = _task_sets(shop, config=cfg, split=split, snapshots=snapshots, say=say)
-        if not snapshots:
+        sets = _task_sets(shop, config=cfg, split=split, say=say)
+        if not sets:
             raise ValueError("no task has labelled queries in the training window")
-        any_snap = next(iter(snapshots.values()))
-        boosters = _fit_rankers(sets, config=cfg, snapshot=any_snap, tracker=tracker, say=say)
-        fit_sets = {task: pair["fit"] for task, pair in sets.items()}
-        snapshots.clear()
         say(f"building the serving snapshot at {split.train_until}")
         final_snapshot = build_snapshot(shop, as_of=split.train_until, config=cfg.features)
+        boosters = _fit_rankers(sets, config=cfg, snapshot=final_snapshot, tracker=tracker, say=say)
+        fit_sets = {task: pair["fit"] for task, pair in sets.items()}
         model = XsellModel(
             snapshot=final_snapshot,
             boosters=boosters,

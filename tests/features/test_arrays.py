@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from features import arrays
 from features.arrays import (
     PairLookup,
     gather_rows,
@@ -15,6 +16,7 @@ from features.arrays import (
     rank_within,
     rank_within_many,
     share_keys,
+    top_within,
     unique_inverse,
 )
 
@@ -61,6 +63,25 @@ def test_rank_within_many_is_rank_within_per_column(n_groups: int) -> None:
         assert got.shape == (4, n)
         for row, column in zip(got, columns, strict=True):
             np.testing.assert_array_equal(row, rank_within(groups, column))
+
+
+@pytest.mark.parametrize("block_cells", [1, 7, 1 << 22])
+def test_top_within_is_rank_within_cut_at_n(
+    block_cells: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same elements and ranks as ranking everything, with ties (many equal values), NaN
+    and infinities, groups in any order, and padded blocks of any size."""
+    monkeypatch.setattr(arrays, "TOP_BLOCK_CELLS", block_cells)
+    rng = np.random.default_rng(block_cells)
+    for _ in range(200):
+        size = int(rng.integers(0, 120))
+        groups = rng.integers(0, int(rng.integers(1, 8)), size) * 3
+        values = rng.choice([*VALUES, 3.0, 3.0, 4.0], size)
+        n = int(rng.integers(0, 12))
+        index, ranks = top_within(groups, values, n)
+        full = rank_within(groups, values)
+        np.testing.assert_array_equal(index, np.flatnonzero(full <= n))
+        np.testing.assert_array_equal(ranks, full[index])
 
 
 def test_unique_inverse_is_numpys() -> None:

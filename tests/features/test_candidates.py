@@ -35,7 +35,7 @@ from features.candidates import (
 from features.data import schema as s
 from features.data.io import Shop
 from features.matrix import build_features
-from features.pipeline import build_task_set
+from features.pipeline import build_task_set, build_task_sets
 from features.queries import LabelledQueries
 from features.snapshot import FeatureSnapshot, build_snapshot
 from features.sources import candidates_from_cooc, source_names
@@ -197,6 +197,31 @@ def test_candidate_recall_bookkeeping(
     assert int(ts.queries["n_positives"].sum()) == len(labels)
     assert set(ts.queries[QUERY_ID]) == set(window_queries[task].queries[QUERY_ID])
     assert set(ts.query_id) <= set(ts.queries[QUERY_ID])
+
+
+def test_parallel_cutoffs_build_the_same_sets(shop: Shop) -> None:
+    """Cut-offs built in two worker processes give exactly the sets of one process (each
+    cut-off samples its queries with its own seed, whichever process runs it)."""
+    kwargs = dict(
+        tasks=task_names(),
+        start=CUTOFF - WINDOW,
+        end=CUTOFF + WINDOW,
+        config=CONFIG,
+        step_days=WINDOW.days,
+        max_queries_per_cutoff=40,
+        seed=3,
+    )
+    one = build_task_sets(shop, workers=1, **kwargs)  # type: ignore[arg-type]
+    two = build_task_sets(shop, workers=2, **kwargs)  # type: ignore[arg-type]
+    assert set(one) == set(two) == set(task_names())
+    for task, ts in one.items():
+        other = two[task]
+        assert len(ts.queries) > 40  # two cut-offs, each sampled to 40 queries
+        np.testing.assert_array_equal(ts.X, other.X)
+        np.testing.assert_array_equal(ts.query_id, other.query_id)
+        np.testing.assert_array_equal(ts.product_id, other.product_id)
+        np.testing.assert_array_equal(ts.label, other.label)
+        pd.testing.assert_frame_equal(ts.queries, other.queries)
 
 
 # ------------------------------------------------------------------------------------------

@@ -321,7 +321,7 @@ def test_progress_bars_count_cutoffs_rounds_and_complete() -> None:
     report = Progress(said.append, bars=True, stream=stream)
     with report.cutoffs("cross_sell fit features", 3) as callback:
         for day in ("07-16", "07-30", "08-13"):
-            callback(f"cross_sell: cut-off 2025-{day} (10 queries)")
+            callback(f"cut-off 2025-{day} (cross_sell 10)")
         report("a message above the bar")
     with report.step("upsell fit", 50, unit="rounds") as step:
         lgb_callback = report.lightgbm_callback(step)
@@ -338,7 +338,7 @@ def test_progress_without_bars_only_says_messages() -> None:
     report = Progress.of(said.append)
     assert not report.bars
     with report.cutoffs("x", 3) as callback:
-        callback("x: cut-off 2025-01-01 (1 queries)")
+        callback("cut-off 2025-01-01 (x 1)")
     with report.step("y", 5) as step:
         step.advance()
     report("done")
