@@ -56,7 +56,7 @@ from features.tasks import Task, all_tasks, get_task, tasks_at
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT_VERSION = 3
+MODEL_FORMAT_VERSION = 4
 SNAPSHOT_DIR = "snapshot"
 # A refreshed snapshot (`xsell snapshot refresh`) is a sibling folder named by this file; the
 # file is replaced atomically, so a reader sees the old snapshot or the new one, never neither.

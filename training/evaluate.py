@@ -146,6 +146,8 @@ def evaluate_task(
     baseline_scores: dict[str, np.ndarray] = {}
     for baseline in task.all_baselines():
         bscore = baseline.score(ts.X, ts.columns, cfg)
+        if len(bscore) and not np.isfinite(bscore).any():
+            continue  # a source that proposes nothing here (no events): not a heuristic
         baseline_scores[baseline.name] = bscore
         bq = m.summarize(ranking_metrics(ts, bscore))
         for key, value in bq.items():

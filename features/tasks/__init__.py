@@ -82,6 +82,13 @@ def source_baseline(source: str) -> Baseline:
     )
 
 
+MERGED = Baseline(
+    "merged",
+    "merge_priority",
+    description="the candidate merge alone (every source, weighted by the learned merge)",
+)
+
+
 @dataclass(frozen=True)
 class Task:
     """One recommendation task.
@@ -120,8 +127,8 @@ class Task:
         return source_names(self.name)
 
     def all_baselines(self) -> tuple[Baseline, ...]:
-        """The declared baselines, then each source alone."""
-        return (*self.baselines, *(source_baseline(src) for src in self.sources))
+        """The declared baselines, the candidate merge alone, then each source alone."""
+        return (*self.baselines, MERGED, *(source_baseline(src) for src in self.sources))
 
     def baseline(self, name: str) -> Baseline:
         """The baseline called ``name``.
