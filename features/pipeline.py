@@ -29,7 +29,7 @@ from features.data import schema as s
 from features.data.io import Shop
 from features.guardrails import allowed
 from features.matrix import FeatureMatrix, build_features, feature_columns
-from features.queries import REBUY
+from features.queries import REBUY, LabelledQueries
 from features.snapshot import FeatureSnapshot, build_snapshot
 from features.tasks import get_task
 
@@ -109,12 +109,16 @@ def cutoffs(start: pd.Timestamp, end: pd.Timestamp, step_days: int) -> list[pd.T
 
 
 def label_matrix(
-    fm: FeatureMatrix, batch_query_ids: np.ndarray, snapshot: FeatureSnapshot, labels: pd.DataFrame
+    query: np.ndarray,
+    product: np.ndarray,
+    batch_query_ids: np.ndarray,
+    snapshot: FeatureSnapshot,
+    labels: pd.DataFrame,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of the matrix: 1 where (query, product) is a positive label, and whether that
-    positive is a re-buy."""
+    """Per (query position, product position) row: 1 where it is a positive label, and whether
+    that positive is a re-buy."""
     rows = pd.MultiIndex.from_arrays(
-        [batch_query_ids[fm.query].astype(str), snapshot.product_ids[fm.product].astype(str)]
+        [batch_query_ids[query].astype(str), snapshot.product_ids[product].astype(str)]
     )
 
     def index(frame: pd.DataFrame) -> pd.MultiIndex:
@@ -124,6 +128,17 @@ def label_matrix(
 
     rebuys = labels.loc[labels[REBUY].to_numpy(dtype=bool)]
     return rows.isin(index(labels)).astype(np.int8), rows.isin(index(rebuys))
+
+
+def sample_queries(
+    lq: LabelledQueries, n: int | None, rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """At most ``n`` of the queries (None: all), in their order, and their labels."""
+    queries, labels = lq.queries, lq.labels
+    if n is not None and len(queries) > n:
+        queries = queries.iloc[np.sort(rng.choice(len(queries), n, replace=False))]
+        labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
+    return queries.reset_index(drop=True), labels
 
 
 def build_task_set(
@@ -256,12 +271,8 @@ def _cutoff_parts(
     snap = None if snapshots is None else snapshots.get(lo)
     for task in tasks:
         lq = get_task(task).training_queries(shop, start=lo, end=hi, config=config)
-        queries, labels = lq.queries, lq.labels
-        if max_queries is not None and len(queries) > max_queries:
-            rng = np.random.default_rng([seed, zlib.crc32(task.encode()), lo.value])
-            pick = np.sort(rng.choice(len(queries), max_queries, replace=False))
-            queries = queries.iloc[pick].reset_index(drop=True)
-            labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
+        rng = np.random.default_rng([seed, zlib.crc32(task.encode()), lo.value])
+        queries, labels = sample_queries(lq, max_queries, rng)
         if len(queries) == 0:
             continue
         if snap is None:
@@ -276,7 +287,7 @@ def _cutoff_parts(
             chunk = queries.iloc[c0 : c0 + CHUNK_QUERIES]
             batch = batch_from_frame(chunk, snap, task=task)
             fm = build_features(batch, snap)
-            y, rebuy = label_matrix(fm, batch.query_ids, snap, labels)
+            y, rebuy = label_matrix(fm.query, fm.product, batch.query_ids, snap, labels)
             rows = {
                 "X": fm.X,
                 "label": y,
@@ -342,31 +353,20 @@ def calibrate_merge_weights(
         ``MIN_MERGE_POSITIVES`` positives in the pool: the merge then uses plain best rank).
     """
     lq = get_task(task).training_queries(shop, start=start, end=end, config=config)
-    queries = lq.queries
+    queries, labels = sample_queries(lq, max_queries, np.random.default_rng(seed))
     if len(queries) == 0:
         return {}
-    if len(queries) > max_queries:
-        rng = np.random.default_rng(seed)
-        queries = queries.iloc[np.sort(rng.choice(len(queries), max_queries, replace=False))]
-    queries = queries.reset_index(drop=True)
     cache = snapshots if snapshots is not None else {}
     if start not in cache:
         cache[start] = build_snapshot(shop, as_of=start, config=config)
     snap = cache[start]
     plain = dataclasses.replace(snap, config=snap.config.model_copy(update={"merge_weights": {}}))
-    labels = lq.labels.loc[lq.labels[QUERY_ID].isin(queries[QUERY_ID])]
     batch = batch_from_frame(queries, plain, task=task)
     sets = candidate_sets(batch, plain)
     pool = merge_candidates(
         batch, plain, sets, per_source=config.per_source, budget=len(sets) * config.per_source
     )
-    rows = pd.MultiIndex.from_arrays(
-        [batch.query_ids[pool.query].astype(str), snap.product_ids[pool.product].astype(str)]
-    )
-    positives = pd.MultiIndex.from_arrays(
-        [labels[QUERY_ID].astype(str).to_numpy(), labels[s.PRODUCT_ID].astype(str).to_numpy()]
-    )
-    y = rows.isin(positives).astype(np.int8)
+    y = label_matrix(pool.query, pool.product, batch.query_ids, snap, labels)[0]
     if y.sum() < MIN_MERGE_POSITIVES or y.sum() == len(y):
         return {}
     present = ~np.isnan(pool.ranks)
