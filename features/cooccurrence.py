@@ -5,6 +5,8 @@ Every function reads only the rows it is given; the snapshot passes rows before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -24,6 +26,64 @@ def shrunk_lift(
     return sp.csr_matrix((lift, (c.row, c.col)), shape=counts.shape)
 
 
+@dataclass(frozen=True)
+class BasketCounts:
+    """Co-occurrence counts of items over baskets: what :func:`basket_lift` turns into tables.
+
+    Attributes:
+        pairs: Item x item number of baskets holding both (diagonal zero).
+        items: Per item, the number of baskets holding it.
+        baskets: Number of baskets.
+    """
+
+    pairs: sp.csr_matrix
+    items: np.ndarray
+    baskets: int
+
+
+def basket_counts(group: np.ndarray, item: np.ndarray, n_items: int) -> BasketCounts:
+    """Pair and item counts from (basket, item) incidences (an item counts once per basket)."""
+    if len(group) == 0:
+        return BasketCounts(sp.csr_matrix((n_items, n_items)), np.zeros(n_items), 0)
+    _, g = np.unique(group, return_inverse=True)
+    b = indicator(g, item, (int(g.max()) + 1, n_items))
+    counts = (b.T @ b).tocsr()
+    counts.setdiag(0)
+    counts.eliminate_zeros()
+    return BasketCounts(counts, np.asarray(b.sum(axis=0)).ravel(), b.shape[0])
+
+
+def basket_lift(
+    counts: BasketCounts, prior: float, neighbours: int, min_count: int = 1
+) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Item x item shrunk lift and confidence from basket counts.
+
+    Returns:
+        ``(lift, confidence)``, both pruned to the top ``neighbours`` by lift per row, diagonal
+        removed, only pairs with lift > 1.
+    """
+    n_items = len(counts.items)
+    if counts.baskets == 0:
+        empty = sp.csr_matrix((n_items, n_items))
+        return empty, empty
+    pairs = sp.csr_matrix(counts.pairs, copy=True)
+    pairs.sum_duplicates()
+    pairs.sort_indices()
+    pairs.data[pairs.data < min_count] = 0
+    pairs.eliminate_zeros()
+    n_i = counts.items
+    lift = shrunk_lift(pairs, n_i, n_i, counts.baskets, prior)
+    lift.data[lift.data <= 1.0] = 0
+    lift.eliminate_zeros()
+    lift = prune_rows(lift, neighbours)
+    lc = lift.tocoo()
+    conf = sp.csr_matrix(
+        (PairLookup(pairs).get(lc.row, lc.col) / np.maximum(n_i[lc.row], 1), (lc.row, lc.col)),
+        shape=lift.shape,
+    )
+    return lift, conf
+
+
 def cooccurrence(
     group: np.ndarray,
     item: np.ndarray,
@@ -32,32 +92,9 @@ def cooccurrence(
     neighbours: int,
     min_count: int = 1,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """Item x item shrunk lift and confidence from (group, item) incidences.
-
-    Returns:
-        ``(lift, confidence)``, both pruned to the top ``neighbours`` by lift per row, diagonal
-        removed, only pairs with lift > 1.
-    """
-    if len(group) == 0:
-        empty = sp.csr_matrix((n_items, n_items))
-        return empty, empty
-    _, g = np.unique(group, return_inverse=True)
-    b = indicator(g, item, (int(g.max()) + 1, n_items))
-    counts = (b.T @ b).tocsr()
-    counts.setdiag(0)
-    counts.data[counts.data < min_count] = 0
-    counts.eliminate_zeros()
-    n_i = np.asarray(b.sum(axis=0)).ravel()
-    lift = shrunk_lift(counts, n_i, n_i, b.shape[0], prior)
-    lift.data[lift.data <= 1.0] = 0
-    lift.eliminate_zeros()
-    lift = prune_rows(lift, neighbours)
-    lc = lift.tocoo()
-    conf = sp.csr_matrix(
-        (PairLookup(counts).get(lc.row, lc.col) / np.maximum(n_i[lc.row], 1), (lc.row, lc.col)),
-        shape=lift.shape,
-    )
-    return lift, conf
+    """Item x item shrunk lift and confidence from (group, item) incidences
+    (:func:`basket_counts`, then :func:`basket_lift`)."""
+    return basket_lift(basket_counts(group, item, n_items), prior, neighbours, min_count)
 
 
 def sequential_lift(

@@ -232,7 +232,7 @@ def build_task_sets(
         done = runner(joblib.delayed(job)(lo, hi) for lo, hi in steps)
     else:
         done = (job(lo, hi, snapshots=snapshots) for lo, hi in steps)
-    per_task: dict[str, list[_Part]] = {task: [] for task in tasks}
+    per_task: dict[str, list[Part]] = {task: [] for task in tasks}
     for (lo, _), parts in zip(steps, done, strict=True):
         if progress is not None:
             sizes = ", ".join(
@@ -241,17 +241,62 @@ def build_task_sets(
             progress(f"cut-off {lo.date()} ({sizes or 'no queries'})")
         for task, task_parts in parts.items():
             per_task[task].extend(task_parts)
-    return {task: _concat(task, parts) for task, parts in per_task.items() if parts}
+    return {task: concat_parts(task, parts) for task, parts in per_task.items() if parts}
 
 
 @dataclass(frozen=True)
-class _Part:
+class Part:
     """One chunk of queries of one task: its rows (:class:`TaskSet` columns) and query table."""
 
     rows: dict[str, np.ndarray]
     queries: pd.DataFrame
     columns: list[str]
     sources: tuple[str, ...]
+
+
+def cutoff_queries(
+    shop: Shop,
+    task: str,
+    lo: pd.Timestamp,
+    hi: pd.Timestamp,
+    *,
+    config: FeatureConfig,
+    max_queries: int | None,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The sampled queries of ``task`` with ``as_of`` in ``[lo, hi)`` and their labels (the
+    cut-off's own seed, so the sample does not depend on which process or engine draws it)."""
+    lq = get_task(task).training_queries(shop, start=lo, end=hi, config=config)
+    rng = np.random.default_rng([seed, zlib.crc32(task.encode()), lo.value])
+    return sample_queries(lq, max_queries, rng)
+
+
+def queries_part(
+    task: str, queries: pd.DataFrame, labels: pd.DataFrame, snap: FeatureSnapshot
+) -> Part:
+    """Candidates, features and labels of some queries of ``task`` against ``snap`` (one unit
+    of work of either engine; ``labels`` holds at least these queries' labels)."""
+    batch = batch_from_frame(queries, snap, task=task)
+    fm = build_features(batch, snap)
+    y, rebuy = label_matrix(fm.query, fm.product, batch.query_ids, snap, labels)
+    rows = {
+        "X": fm.X,
+        "label": y,
+        "rebuy": rebuy,
+        "allowed": allowed(batch, snap, fm),
+        "query_id": batch.query_ids[fm.query],
+        "product_id": snap.product_ids[fm.product],
+        "best_source": fm.best_source,
+        "reason_product": np.where(
+            fm.reason_product >= 0,
+            snap.product_ids[np.maximum(fm.reason_product, 0)],
+            "",
+        ),
+    }
+    n_pos = labels.groupby(QUERY_ID).size()
+    n_rebuy = labels.loc[labels[REBUY].to_numpy(dtype=bool)].groupby(QUERY_ID).size()
+    meta = _query_meta(queries, batch.customer, snap, fm, y, rebuy, (n_pos, n_rebuy))
+    return Part(rows, meta, feature_columns(snap, task), fm.sources)
 
 
 def _cutoff_parts(
@@ -264,50 +309,31 @@ def _cutoff_parts(
     max_queries: int | None,
     seed: int,
     snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
-) -> dict[str, list[_Part]]:
+) -> dict[str, list[Part]]:
     """Every task's parts for the queries in ``[lo, hi)``, scored against the snapshot at
     ``lo`` (built only if some task has queries there)."""
-    out: dict[str, list[_Part]] = {}
+    out: dict[str, list[Part]] = {}
     snap = None if snapshots is None else snapshots.get(lo)
     for task in tasks:
-        lq = get_task(task).training_queries(shop, start=lo, end=hi, config=config)
-        rng = np.random.default_rng([seed, zlib.crc32(task.encode()), lo.value])
-        queries, labels = sample_queries(lq, max_queries, rng)
+        queries, labels = cutoff_queries(
+            shop, task, lo, hi, config=config, max_queries=max_queries, seed=seed
+        )
         if len(queries) == 0:
             continue
         if snap is None:
             snap = build_snapshot(shop, as_of=lo, config=config)
             if snapshots is not None:
                 snapshots[lo] = snap
-        columns = feature_columns(snap, task)
-        n_pos = labels.groupby(QUERY_ID).size()
-        n_rebuy = labels.loc[labels[REBUY].to_numpy(dtype=bool)].groupby(QUERY_ID).size()
-        parts = out.setdefault(task, [])
-        for c0 in range(0, len(queries), CHUNK_QUERIES):
-            chunk = queries.iloc[c0 : c0 + CHUNK_QUERIES]
-            batch = batch_from_frame(chunk, snap, task=task)
-            fm = build_features(batch, snap)
-            y, rebuy = label_matrix(fm.query, fm.product, batch.query_ids, snap, labels)
-            rows = {
-                "X": fm.X,
-                "label": y,
-                "rebuy": rebuy,
-                "allowed": allowed(batch, snap, fm),
-                "query_id": batch.query_ids[fm.query],
-                "product_id": snap.product_ids[fm.product],
-                "best_source": fm.best_source,
-                "reason_product": np.where(
-                    fm.reason_product >= 0,
-                    snap.product_ids[np.maximum(fm.reason_product, 0)],
-                    "",
-                ),
-            }
-            meta = _query_meta(chunk, batch.customer, snap, fm, y, rebuy, (n_pos, n_rebuy))
-            parts.append(_Part(rows, meta, columns, fm.sources))
+        out[task] = [
+            queries_part(task, queries.iloc[c0 : c0 + CHUNK_QUERIES], labels, snap)
+            for c0 in range(0, len(queries), CHUNK_QUERIES)
+        ]
     return out
 
 
-def _concat(task: str, parts: list[_Part]) -> TaskSet:
+def concat_parts(task: str, parts: list[Part]) -> TaskSet:
+    """One :class:`TaskSet` from parts of ``task`` (rows in the parts' order)."""
+
     def stacked(name: str) -> np.ndarray:
         return np.concatenate([p.rows[name] for p in parts])
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +38,15 @@ import scipy.sparse as sp
 
 from features.arrays import PairLookup, indicator, prune_rows, rank_within, share_keys
 from features.config import FeatureConfig
-from features.cooccurrence import cooccurrence, sequential_lift, sessions, viewed_then_bought
+from features.cooccurrence import (
+    BasketCounts,
+    basket_counts,
+    basket_lift,
+    cooccurrence,
+    sequential_lift,
+    sessions,
+    viewed_then_bought,
+)
 from features.data import schema as s
 from features.data.consumables import infer_consumable, repurchase_rates
 from features.data.io import Shop
@@ -476,6 +485,19 @@ class Lines:
     price_pct: np.ndarray
 
 
+# Counts the baskets of a snapshot's history lines with products mapped to items (themselves,
+# their category or family): count_baskets reads the lines; the Dask engine counts the same rows
+# on its cluster (features/distributed.py).
+BasketCounter = Callable[[Lines, np.ndarray, int], BasketCounts]
+
+
+def count_baskets(lines: Lines, item_of_product: np.ndarray, n_items: int) -> BasketCounts:
+    """Basket co-occurrence counts of the history lines (``lines.history``), products mapped to
+    items by ``item_of_product``."""
+    hist = lines.history
+    return basket_counts(lines.order[hist], item_of_product[lines.product[hist]], n_items)
+
+
 def shop_catalog(shop: Shop) -> Catalog:
     """Products and customers sorted by id, their positions being the snapshot's indices."""
     products = shop.products.sort_values(s.PRODUCT_ID).reset_index(drop=True)
@@ -753,15 +775,14 @@ def pair_tables(
     config: FeatureConfig,
     *,
     as_of: pd.Timestamp,
+    counter: BasketCounter = count_baskets,
 ) -> PairTables:
     """Item x item tables from baskets, order sequences and sessions (see :class:`PairTables`)."""
     cfg = config
     n_p, n_cat = catalog.n_products, len(catalog.category_levels)
     hist = lines.history
-    cooc, cooc_conf = cooccurrence(
-        lines.order[hist],
-        lines.product[hist],
-        n_p,
+    cooc, cooc_conf = basket_lift(
+        counter(lines, np.arange(n_p), n_p),
         cfg.cooc_prior,
         cfg.cooc_neighbours,
         cfg.min_pair_count,
@@ -783,10 +804,16 @@ def pair_tables(
         cfg.min_pair_count,
     )
     category_assoc, category_top = _group_tables(
-        catalog.category, n_cat, lines, products.long_popularity, cfg, top_n=cfg.per_source
+        catalog.category, n_cat, lines, products.long_popularity, cfg, counter, top_n=cfg.per_source
     )
     family_assoc, family_top = _group_tables(
-        catalog.family, len(catalog.family_levels), lines, products.long_popularity, cfg, top_n=10
+        catalog.family,
+        len(catalog.family_levels),
+        lines,
+        products.long_popularity,
+        cfg,
+        counter,
+        top_n=10,
     )
     long_pop = products.long_popularity
     events = _event_pair_tables(shop, catalog, event_rows, cfg, as_of)
@@ -818,16 +845,14 @@ def _group_tables(
     lines: Lines,
     popularity: np.ndarray,
     config: FeatureConfig,
+    counter: BasketCounter,
     *,
     top_n: int,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Group x group lift mined from orders, and each group's best sellers (share of the
     group's recent lines, top ``top_n``), for a product grouping (category or family)."""
-    hist = lines.history
-    assoc, _ = cooccurrence(
-        lines.order[hist],
-        group[lines.product[hist]],
-        n_groups,
+    assoc, _ = basket_lift(
+        counter(lines, group, n_groups),
         config.cooc_prior,
         CATEGORY_NEIGHBOURS,
     )
@@ -875,7 +900,11 @@ def top_lists(
 
 
 def build_snapshot(
-    shop: Shop, *, as_of: pd.Timestamp, config: FeatureConfig | None = None
+    shop: Shop,
+    *,
+    as_of: pd.Timestamp,
+    config: FeatureConfig | None = None,
+    counter: BasketCounter = count_baskets,
 ) -> FeatureSnapshot:
     """Compute every part from rows of ``shop`` strictly before ``as_of``.
 
@@ -883,6 +912,8 @@ def build_snapshot(
         shop: The validated shop.
         as_of: The cut-off; rows with ``ts >= as_of`` are never read.
         config: Windows and sizes (defaults when None).
+        counter: Counts the basket co-occurrences of the history lines (product, category and
+            family pairs): :func:`count_baskets` here, or the same counts on a Dask cluster.
     """
     cfg = config or FeatureConfig()
     as_of = pd.Timestamp(as_of)
@@ -907,7 +938,9 @@ def build_snapshot(
         customers=customers,
         history=history,
         browsing=browsing_tables(catalog, events, lines.now),
-        pairs=pair_tables(shop, catalog, lines, products, events, cfg, as_of=as_of),
+        pairs=pair_tables(
+            shop, catalog, lines, products, events, cfg, as_of=as_of, counter=counter
+        ),
         top=top_lists(catalog, lines, products, customers, len(segment_levels), cfg),
         latent=latent_factors(
             history.frequency,
