@@ -160,8 +160,19 @@ def train_cmd(
     ] = None,
     config: ConfigOpt = None,
     experiment: Annotated[str | None, typer.Option(help="MLflow experiment name")] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="local or dask (default: the config's engine, local)"),
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Dask scheduler address (tcp://host:8786); default a local cluster"),
+    ] = None,
+    dask_workers: Annotated[
+        int | None, typer.Option(min=1, help="Workers of the local Dask cluster")
+    ] = None,
 ) -> None:
-    """Train both rankers, evaluate against baselines, register, promote if better."""
+    """Train one ranker per task, evaluate against baselines, register, promote if better."""
     import pandas as pd
 
     from training.config import TrainConfig
@@ -169,6 +180,18 @@ def train_cmd(
     from training.train import train
 
     cfg = TrainConfig.from_yaml(config)
+    if engine is not None and engine not in ("local", "dask"):
+        raise ValueError(f"--engine: {engine!r} is not an engine (local or dask)")
+    dask = {
+        k: v for k, v in {"scheduler": scheduler, "workers": dask_workers}.items() if v is not None
+    }
+    if dask or engine:
+        cfg = cfg.model_copy(
+            update={
+                "engine": engine or ("dask" if dask else cfg.engine),
+                "dask": cfg.dask.model_copy(update=dask),
+            }
+        )
     result = train(
         data,
         config=cfg,

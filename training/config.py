@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import joblib
 import yaml
@@ -45,6 +45,29 @@ class SplitConfig(BaseModel):
     max_queries_per_cutoff: int | None = Field(4000, ge=1)
 
 
+class DaskConfig(BaseModel):
+    """The Dask engine (``engine: dask``): where the cluster is and how the work is cut."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # scheduler address (tcp://host:8786); None: a LocalCluster of `workers` processes
+    scheduler: str | None = None
+    workers: int = Field(2, ge=1)
+    # customer buckets: Parquet partitions of the purchases and parts per task and cut-off
+    # (0: two per worker)
+    buckets: int = Field(0, ge=0)
+    # share of the parts the single-machine run that picks the number of trees is fitted on
+    tree_sample: float = Field(0.25, gt=0, le=1)
+    # where the partitioned Parquet goes (None: a temporary folder; on a real cluster, storage
+    # every worker can read)
+    work_dir: str | None = None
+
+    @property
+    def n_buckets(self) -> int:
+        """Customer buckets (``buckets``, or two per worker)."""
+        return self.buckets or 2 * self.workers
+
+
 class TrainConfig(BaseModel):
     """Everything ``xsell train`` needs; ``xsell train --config FILE`` overrides any field."""
 
@@ -60,6 +83,10 @@ class TrainConfig(BaseModel):
     # processes building the training cut-offs (one snapshot each); 0: one per CPU on a shop of
     # at least PARALLEL_MIN_LINES order lines, else 1 (starting workers costs seconds)
     workers: int = Field(0, ge=0)
+    # "local": NumPy/pandas and LightGBM in this process (and `workers`); "dask": snapshot
+    # basket counts, training sets and rankers on a Dask cluster (see `dask`)
+    engine: Literal["local", "dask"] = "local"
+    dask: DaskConfig = DaskConfig()
 
     def workers_for(self, shop: Shop, n_cutoffs: int) -> int:
         """Processes for a build of ``n_cutoffs`` cut-offs on ``shop`` (never more than them)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -56,23 +57,9 @@ def _dataset(ts: TaskSet, categorical: list[str], reference: lgb.Dataset | None)
     )
 
 
-def fit_ranker(
-    fit: TaskSet,
-    valid: TaskSet,
-    *,
-    categorical: list[str],
-    config: RankerConfig,
-    seed: int,
-    callbacks: Sequence[Callable[..., None]] = (),
-) -> lgb.Booster:
-    """Fit a LightGBM lambdarank ranker, early-stopped on the validation window's NDCG@10.
-
-    ``callbacks`` are extra LightGBM callbacks (called once per boosting round), e.g. a
-    progress bar.
-    """
-    train_set = _dataset(fit, categorical, None)
-    valid_set = _dataset(valid, categorical, train_set)
-    params = {
+def ranker_params(config: RankerConfig, seed: int) -> dict[str, Any]:
+    """LightGBM parameters of a lambdarank ranker (either engine), early-stopped on NDCG@10."""
+    return {
         "objective": "lambdarank",
         "metric": "ndcg",
         "eval_at": [10],
@@ -90,8 +77,26 @@ def fit_ranker(
         "force_row_wise": True,
         "verbosity": -1,
     }
+
+
+def fit_ranker(
+    fit: TaskSet,
+    valid: TaskSet,
+    *,
+    categorical: list[str],
+    config: RankerConfig,
+    seed: int,
+    callbacks: Sequence[Callable[..., None]] = (),
+) -> lgb.Booster:
+    """Fit a LightGBM lambdarank ranker, early-stopped on the validation window's NDCG@10.
+
+    ``callbacks`` are extra LightGBM callbacks (called once per boosting round), e.g. a
+    progress bar.
+    """
+    train_set = _dataset(fit, categorical, None)
+    valid_set = _dataset(valid, categorical, train_set)
     booster = lgb.train(
-        params,
+        ranker_params(config, seed),
         train_set,
         num_boost_round=config.max_rounds,
         valid_sets=[valid_set],

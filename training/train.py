@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -23,11 +24,12 @@ from matplotlib.figure import Figure
 from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
-from features.pipeline import TaskSet, build_task_sets, calibrate_merge_weights, cutoffs
+from features.pipeline import TaskSet, calibrate_merge_weights
 from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
-from features.snapshot import FeatureSnapshot, build_snapshot
+from features.snapshot import FeatureSnapshot
 from features.tasks import all_tasks
 from training.config import TrainConfig
+from training.engines import Engine, LocalEngine, open_engine
 from training.evaluate import (
     KS,
     TaskEvaluation,
@@ -42,7 +44,6 @@ from training.evaluate import (
 )
 from training.model import XsellPyfunc, load_model
 from training.progress import Progress
-from training.ranker import fit_ranker
 from training.tracking import CHALLENGER, CHAMPION, Tracker, promotion_decision
 
 log = logging.getLogger(__name__)
@@ -182,38 +183,21 @@ def fit_and_validation_sets(
     config: TrainConfig,
     split: Split,
     progress: Progress | Callable[[str], None] | None = None,
-) -> dict[str, dict[str, TaskSet]]:
+    engine: Engine | None = None,
+) -> dict[str, dict[str, Any]]:
     """Task -> ``{"fit": set, "validation": set}`` of a split, every task in one pass over the
-    rolling cut-offs (``config.workers`` processes); a task missing from either window is left
-    out.
+    rolling cut-offs (``engine``, default the local one); a task missing from either window is
+    left out.
 
     ``progress``: a message per window and, with bars, one bar per window over its cut-offs.
     """
-    report = Progress.of(progress)
-    sets: dict[str, dict[str, TaskSet]] = {}
-    for name, lo, hi in (
+    windows = [
         ("fit", split.fit_start, split.valid_start),
         ("validation", split.valid_start, split.valid_end),
-    ):
-        n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
-        workers = config.workers_for(shop, n_cutoffs)
-        if not report.bars:
-            report(f"building {name} features ({n_cutoffs} cut-offs, {workers} workers)")
-        with report.cutoffs(f"{name} features", n_cutoffs) as per_cutoff:
-            built = build_task_sets(
-                shop,
-                tasks=tasks,
-                start=lo,
-                end=hi,
-                config=config.features,
-                step_days=config.split.step_days,
-                max_queries_per_cutoff=config.split.max_queries_per_cutoff,
-                seed=config.seed,
-                progress=per_cutoff,
-                workers=workers,
-            )
-        for task, ts in built.items():
-            sets.setdefault(task, {})[name] = ts
+    ]
+    sets = (engine or LocalEngine()).task_sets(
+        shop, tasks=tasks, config=config, windows=windows, say=Progress.of(progress)
+    )
     return {task: pair for task, pair in sets.items() if len(pair) == 2}
 
 
@@ -247,11 +231,13 @@ def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> Tr
 
 
 def _task_sets(
-    shop: Shop, *, config: TrainConfig, split: Split, say: Progress
-) -> dict[str, dict[str, TaskSet]]:
+    shop: Shop, *, config: TrainConfig, split: Split, say: Progress, engine: Engine
+) -> dict[str, dict[str, Any]]:
     """Fit and validation sets of every task that has labelled queries in both windows."""
     names = tuple(task.name for task in all_tasks())
-    out = fit_and_validation_sets(shop, tasks=names, config=config, split=split, progress=say)
+    out = fit_and_validation_sets(
+        shop, tasks=names, config=config, split=split, progress=say, engine=engine
+    )
     for task in names:
         if task not in out:
             say(f"{task}: no ranker (no labelled queries); the task is served by its best baseline")
@@ -259,32 +245,35 @@ def _task_sets(
 
 
 def _fit_rankers(
-    sets: dict[str, dict[str, TaskSet]],
+    sets: dict[str, dict[str, Any]],
     *,
     config: TrainConfig,
     snapshot: FeatureSnapshot,
     tracker: Tracker,
     say: Progress,
+    engine: Engine,
 ) -> dict[str, lgb.Booster]:
     boosters = {}
     for task, pair in sets.items():
-        say(f"{task}: fitting the ranker on {len(pair['fit']):,d} rows")
+        say(f"{task}: fitting the ranker on {len(pair['fit']):,d} rows ({engine.name} engine)")
         try:
             with say.step(f"{task} fit", config.ranker.max_rounds, unit="rounds") as step:
-                boosters[task] = fit_ranker(
+                boosters[task] = engine.fit(
                     pair["fit"],
                     pair["validation"],
                     categorical=list(categorical_features(snapshot)),
-                    config=config.ranker,
-                    seed=config.seed,
+                    config=config,
                     callbacks=[say.lightgbm_callback(step)] if say.bars else [],
                 )
         except ValueError as exc:  # no query with both a positive and a negative candidate
             say(f"{task}: no ranker ({exc}); the task is served by its best baseline")
             continue
+        booster = boosters[task]
         tracker.log_metrics(
             {
-                f"{task}.best_iteration": float(boosters[task].best_iteration),
+                f"{task}.best_iteration": float(
+                    booster.best_iteration or booster.current_iteration()
+                ),
                 f"{task}.fit_rows": float(len(pair["fit"])),
                 f"{task}.fit_queries": float(len(pair["fit"].queries)),
             }
@@ -457,13 +446,22 @@ def train(
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
         cfg = _calibrated(shop, cfg, split, say)
         tracker.log_dict(cfg.features.merge_weights, "merge_weights.json")
-        sets = _task_sets(shop, config=cfg, split=split, say=say)
-        if not sets:
-            raise ValueError("no task has labelled queries in the training window")
-        say(f"building the serving snapshot at {split.train_until}")
-        final_snapshot = build_snapshot(shop, as_of=split.train_until, config=cfg.features)
-        boosters = _fit_rankers(sets, config=cfg, snapshot=final_snapshot, tracker=tracker, say=say)
-        fit_sets = {task: pair["fit"] for task, pair in sets.items()}
+        with open_engine(cfg) as engine:
+            sets = _task_sets(shop, config=cfg, split=split, say=say, engine=engine)
+            if not sets:
+                raise ValueError("no task has labelled queries in the training window")
+            say(f"building the serving snapshot at {split.train_until}")
+            final_snapshot = engine.snapshot(shop, as_of=split.train_until, config=cfg)
+            boosters = _fit_rankers(
+                sets,
+                config=cfg,
+                snapshot=final_snapshot,
+                tracker=tracker,
+                say=say,
+                engine=engine,
+            )
+            sample = engine.sample(next(iter(sets.values()))["fit"], 2000)
+            del sets
         model = XsellModel(
             snapshot=final_snapshot,
             boosters=boosters,
@@ -493,7 +491,6 @@ def train(
             tracker.log_figure(_importance_figure(model), "feature_importance.png")
         tracker.log_figure(_metric_vs_k_figure(evals), "metric_vs_k.png")
         tracker.log_figure(_baselines_figure(model, evals), "baselines.png")
-        sample = next(iter(fit_sets.values()))
         tracker.log_input(
             pd.DataFrame(sample.X[:2000], columns=sample.columns),
             name=f"{sample.task}_fit_features",

@@ -1,0 +1,333 @@
+"""Where a training run's heavy work runs: this machine (``local``) or a Dask cluster (``dask``).
+
+An engine builds the fit and validation sets of every task, the serving snapshot, and fits one
+ranker per task; :func:`training.train.train` does the rest (evaluation on the holdout, MLflow,
+registration, promotion) the same way for both.
+
+The Dask engine (``engine: dask`` in the config, ``xsell train --engine dask``):
+
+* writes the purchases as Parquet hashed by customer into buckets (``dask.work_dir``) and counts
+  the snapshots' basket co-occurrences there as a distributed group-by;
+* builds the training-set parts on the workers (one per cut-off, task and customer bucket; the
+  snapshot is scattered once per cut-off); the parts stay in the workers' memory;
+* fits ``lightgbm.dask.DaskLGBMRanker`` on them, every query group inside one part. LightGBM's
+  Dask interface has no early stopping, so the number of trees comes from a single-machine,
+  early-stopped run on a sample of the parts (``dask.tree_sample``).
+
+What still runs on the client: loading the shop, drawing the queries and labels, the rest of
+each snapshot (per-product and per-customer tables, order sequences, latent factors), and the
+holdout evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from features.data.io import Shop
+from features.pipeline import Part, TaskSet, build_task_sets, cutoffs
+from features.snapshot import FeatureSnapshot, build_snapshot
+from training.config import DaskConfig, TrainConfig
+from training.progress import Progress
+from training.ranker import fit_ranker, query_groups, ranker_params, trainable_rows
+
+Sets = dict[str, dict[str, Any]]  # task -> {"fit": set, "validation": set}
+
+
+class Engine(Protocol):
+    """What :func:`training.train.train` asks of an engine."""
+
+    name: str
+
+    def task_sets(
+        self,
+        shop: Shop,
+        *,
+        tasks: tuple[str, ...],
+        config: TrainConfig,
+        windows: Any,
+        say: Progress,
+    ) -> Sets: ...
+
+    def snapshot(
+        self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig
+    ) -> FeatureSnapshot: ...
+
+    def fit(
+        self,
+        fit: Any,
+        valid: Any,
+        *,
+        categorical: list[str],
+        config: TrainConfig,
+        callbacks: Sequence[Callable[..., None]] = (),
+    ) -> lgb.Booster: ...
+
+    def sample(self, fit: Any, rows: int) -> TaskSet: ...
+
+
+Window = tuple[str, pd.Timestamp, pd.Timestamp]  # (name, start, end)
+
+
+@dataclass
+class LocalEngine:
+    """NumPy/pandas and LightGBM on this machine (cut-offs in ``config.workers`` processes)."""
+
+    name: str = "local"
+
+    def task_sets(
+        self,
+        shop: Shop,
+        *,
+        tasks: tuple[str, ...],
+        config: TrainConfig,
+        windows: Sequence[Window],
+        say: Progress,
+    ) -> Sets:
+        sets: Sets = {}
+        for name, lo, hi in windows:
+            n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+            workers = config.workers_for(shop, n_cutoffs)
+            if not say.bars:
+                say(f"building {name} features ({n_cutoffs} cut-offs, {workers} workers)")
+            with say.cutoffs(f"{name} features", n_cutoffs) as per_cutoff:
+                built = build_task_sets(
+                    shop,
+                    tasks=tasks,
+                    start=lo,
+                    end=hi,
+                    config=config.features,
+                    step_days=config.split.step_days,
+                    max_queries_per_cutoff=config.split.max_queries_per_cutoff,
+                    seed=config.seed,
+                    progress=per_cutoff,
+                    workers=workers,
+                )
+            for task, ts in built.items():
+                sets.setdefault(task, {})[name] = ts
+        return sets
+
+    def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
+        return build_snapshot(shop, as_of=as_of, config=config.features)
+
+    def fit(
+        self,
+        fit: TaskSet,
+        valid: TaskSet,
+        *,
+        categorical: list[str],
+        config: TrainConfig,
+        callbacks: Sequence[Callable[..., None]] = (),
+    ) -> lgb.Booster:
+        return fit_ranker(
+            fit,
+            valid,
+            categorical=categorical,
+            config=config.ranker,
+            seed=config.seed,
+            callbacks=callbacks,
+        )
+
+    def sample(self, fit: TaskSet, rows: int) -> TaskSet:
+        return fit
+
+
+def _trainable(part: Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A part's rows that teach the ranker (:func:`training.ranker.trainable_rows`): X, label,
+    query group sizes."""
+    keep = trainable_rows(part.rows["query_id"], part.rows["label"])
+    return (
+        part.rows["X"][keep],
+        part.rows["label"][keep].astype(np.float64),
+        query_groups(part.rows["query_id"][keep]) if keep.any() else np.zeros(0, np.int64),
+    )
+
+
+@dataclass
+class DaskEngine:
+    """The pipeline on a Dask cluster (see the module docstring); open with :func:`open_engine`."""
+
+    client: Any
+    config: DaskConfig
+    folder: str
+    name: str = "dask"
+    _counters: dict[int, Any] = field(default_factory=dict)
+
+    def counter(self, shop: Shop, config: TrainConfig) -> Any:
+        """The cluster's basket counter for ``shop`` (its purchases partitioned once)."""
+        from features.distributed import DaskBasketCounter, partition_purchases
+        from features.snapshot import shop_catalog
+
+        key = id(shop)
+        if key not in self._counters:
+            folder = f"{self.folder}/purchases-{len(self._counters)}"
+            purchases = partition_purchases(shop, folder, self.config.n_buckets).persist()
+            ids = shop_catalog(shop).products["product_id"].to_numpy(dtype=object)
+            self._counters[key] = DaskBasketCounter(purchases, ids, config.features.history_days)
+        return self._counters[key]
+
+    def task_sets(
+        self,
+        shop: Shop,
+        *,
+        tasks: tuple[str, ...],
+        config: TrainConfig,
+        windows: Sequence[Window],
+        say: Progress,
+    ) -> Sets:
+        from features.distributed import distributed_task_sets
+
+        counter = self.counter(shop, config)
+        sets: Sets = {}
+        for name, lo, hi in windows:
+            n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+            say(
+                f"building {name} features on the cluster ({n_cutoffs} cut-offs, "
+                f"{self.config.n_buckets} customer buckets)"
+            )
+            built = distributed_task_sets(
+                self.client,
+                shop,
+                tasks=tasks,
+                start=lo,
+                end=hi,
+                config=config.features,
+                step_days=config.split.step_days,
+                max_queries_per_cutoff=config.split.max_queries_per_cutoff,
+                seed=config.seed,
+                buckets=self.config.n_buckets,
+                counter=counter,
+                progress=say,
+            )
+            for task, ds in built.items():
+                sets.setdefault(task, {})[name] = ds
+        return sets
+
+    def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
+        return build_snapshot(
+            shop, as_of=as_of, config=config.features, counter=self.counter(shop, config)
+        )
+
+    def _sample_parts(self, n_parts: int) -> list[int]:
+        every = max(1, round(1 / self.config.tree_sample))
+        return list(range(0, n_parts, every))
+
+    def n_trees(self, fit: Any, valid: Any, *, categorical: list[str], config: TrainConfig) -> int:
+        """Trees of the Dask ranker: the best iteration of a single-machine, early-stopped run on
+        a sample of the fit and validation parts."""
+        fit_sample = fit.gather(self.client, self._sample_parts(len(fit.parts)))
+        valid_sample = valid.gather(self.client, self._sample_parts(len(valid.parts)))
+        booster = fit_ranker(
+            fit_sample,
+            valid_sample,
+            categorical=categorical,
+            config=config.ranker,
+            seed=config.seed,
+        )
+        return max(1, booster.best_iteration or booster.current_iteration())
+
+    def fit(
+        self,
+        fit: Any,
+        valid: Any,
+        *,
+        categorical: list[str],
+        config: TrainConfig,
+        callbacks: Sequence[Callable[..., None]] = (),
+    ) -> lgb.Booster:
+        import dask.array as da
+        from lightgbm.dask import DaskLGBMRanker
+
+        trees = self.n_trees(fit, valid, categorical=categorical, config=config)
+        client = self.client
+        trainable = [client.submit(_trainable, p) for p in fit.parts]
+        shapes = client.gather(
+            [client.submit(lambda t: (len(t[1]), len(t[2])), t) for t in trainable]
+        )
+        chosen = [(t, n, g) for t, (n, g) in zip(trainable, shapes, strict=True) if n > 0]
+        if not chosen:
+            raise ValueError(f"{fit.task}: no query has both a positive and a negative candidate")
+        n_cols = len(fit.columns)
+
+        def column(i: int, shape: Callable[[int, int], tuple[int, ...]], dtype: Any) -> Any:
+            return da.concatenate(
+                [
+                    da.from_delayed(client.submit(lambda t, i=i: t[i], t), shape(n, g), dtype=dtype)
+                    for t, n, g in chosen
+                ]
+            )
+
+        X = column(0, lambda n, g: (n, n_cols), np.float32)
+        y = column(1, lambda n, g: (n,), np.float64)
+        group = column(2, lambda n, g: (g,), np.int64)
+        params = ranker_params(config.ranker, config.seed)
+        params.pop("num_threads")
+        params.pop("verbosity")
+        ranker = DaskLGBMRanker(
+            client=client,
+            n_estimators=trees,
+            verbose=-1,
+            **params,
+        )
+        columns = list(fit.columns)
+        with warnings.catch_warnings():
+            # the Dask estimator always carries sklearn's n_jobs and warns that it ignores it
+            # (threads are the workers' own)
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            ranker.fit(
+                X,
+                y,
+                group=group,
+                feature_name=columns,
+                categorical_feature=[columns.index(c) for c in categorical if c in columns],
+            )
+        booster: lgb.Booster = ranker.booster_
+        return booster
+
+    def sample(self, fit: Any, rows: int) -> TaskSet:
+        return fit.gather(self.client, [0])
+
+
+@contextlib.contextmanager
+def open_engine(config: TrainConfig) -> Iterator[Engine]:
+    """The configured engine, its cluster (if any) closed on exit.
+
+    Raises:
+        ValueError: The Dask scheduler cannot be reached.
+    """
+    if config.engine == "local":
+        yield LocalEngine()
+        return
+    from distributed import Client, LocalCluster
+
+    dask = config.dask
+    with contextlib.ExitStack() as stack:
+        if dask.scheduler:
+            try:
+                client = stack.enter_context(Client(dask.scheduler, timeout="15s"))
+            except (OSError, TimeoutError) as exc:
+                raise ValueError(
+                    f"dask.scheduler: cannot reach the Dask scheduler at {dask.scheduler} ({exc})"
+                ) from exc
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=dask.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        folder = dask.work_dir or stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="xsell-dask-")
+        )
+        yield DaskEngine(client=client, config=dask, folder=str(folder))
