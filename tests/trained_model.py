@@ -21,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_isolation import clear_uri_env, forget_uris
 
-import training.train as train_module
+import training.engines as engines_module
 from features.batch import ANCHOR
 from features.data import schema as s
 from features.data.io import Shop, load_shop
@@ -118,7 +118,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
     with pytest.MonkeyPatch.context() as mp:
         clear_uri_env(mp)
-        mp.setattr(train_module, "fit_ranker", spy)
+        mp.setattr(engines_module, "fit_ranker", spy)
         result = train(shop_dir, config=FAST, root=root, experiment=EXPERIMENT)
         uri = tracking_uri(root)
         aliases = aliases_of(MlflowClient(tracking_uri=uri, registry_uri=uri))

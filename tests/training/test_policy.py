@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from mlflow_isolation import clear_uri_env, forget_uris, no_uri_env  # noqa: F401
 
-import training.train as train_module
+import training.engines as engines_module
 from features.data import schema as s
 from features.data.synthetic import generate_shop
 from features.guardrails import apply_guardrails
@@ -58,7 +58,7 @@ def noise(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainResult, XsellM
 
     with pytest.MonkeyPatch.context() as mp:
         clear_uri_env(mp)
-        mp.setattr(train_module, "fit_ranker", noise_ranker)
+        mp.setattr(engines_module, "fit_ranker", noise_ranker)
         result = train(base / "shop", config=CONFIG, root=base / "mlruns", experiment="noise")
         Tracker(experiment="noise", root=base / "mlruns")
         model = load_model(f"models:/{MODEL_NAME}/{result.version}")
