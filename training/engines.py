@@ -25,7 +25,7 @@ import contextlib
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import lightgbm as lgb
@@ -40,6 +40,7 @@ from training.progress import Progress
 from training.ranker import fit_ranker, query_groups, ranker_params, trainable_rows
 
 Sets = dict[str, dict[str, Any]]  # task -> {"fit": set, "validation": set}
+Window = tuple[str, pd.Timestamp, pd.Timestamp]  # (name, start, end)
 
 
 class Engine(Protocol):
@@ -53,7 +54,7 @@ class Engine(Protocol):
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Any,
+        windows: Sequence[Window],
         say: Progress,
     ) -> Sets: ...
 
@@ -71,10 +72,9 @@ class Engine(Protocol):
         callbacks: Sequence[Callable[..., None]] = (),
     ) -> lgb.Booster: ...
 
-    def sample(self, fit: Any, rows: int) -> TaskSet: ...
-
-
-Window = tuple[str, pd.Timestamp, pd.Timestamp]  # (name, start, end)
+    def sample(self, fit: Any) -> TaskSet:
+        """A local piece of a fit set (its first rows are logged as the run's input sample)."""
+        ...
 
 
 @dataclass
@@ -92,28 +92,16 @@ class LocalEngine:
         windows: Sequence[Window],
         say: Progress,
     ) -> Sets:
-        sets: Sets = {}
-        for name, lo, hi in windows:
-            n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+        def build(name: str, lo: pd.Timestamp, hi: pd.Timestamp, n_cutoffs: int) -> dict[str, Any]:
             workers = config.workers_for(shop, n_cutoffs)
             if not say.bars:
                 say(f"building {name} features ({n_cutoffs} cut-offs, {workers} workers)")
             with say.cutoffs(f"{name} features", n_cutoffs) as per_cutoff:
-                built = build_task_sets(
-                    shop,
-                    tasks=tasks,
-                    start=lo,
-                    end=hi,
-                    config=config.features,
-                    step_days=config.split.step_days,
-                    max_queries_per_cutoff=config.split.max_queries_per_cutoff,
-                    seed=config.seed,
-                    progress=per_cutoff,
-                    workers=workers,
+                return build_task_sets(
+                    shop, **_set_arguments(tasks, config, lo, hi, per_cutoff), workers=workers
                 )
-            for task, ts in built.items():
-                sets.setdefault(task, {})[name] = ts
-        return sets
+
+        return _per_window(windows, config, build)
 
     def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
         return build_snapshot(shop, as_of=as_of, config=config.features)
@@ -136,8 +124,42 @@ class LocalEngine:
             callbacks=callbacks,
         )
 
-    def sample(self, fit: TaskSet, rows: int) -> TaskSet:
+    def sample(self, fit: TaskSet) -> TaskSet:
         return fit
+
+
+def _set_arguments(
+    tasks: tuple[str, ...],
+    config: TrainConfig,
+    lo: pd.Timestamp,
+    hi: pd.Timestamp,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The keyword arguments both engines' set builders take for the window ``[lo, hi)``."""
+    return {
+        "tasks": tasks,
+        "start": lo,
+        "end": hi,
+        "config": config.features,
+        "step_days": config.split.step_days,
+        "max_queries_per_cutoff": config.split.max_queries_per_cutoff,
+        "seed": config.seed,
+        "progress": progress,
+    }
+
+
+def _per_window(
+    windows: Sequence[Window],
+    config: TrainConfig,
+    build: Callable[[str, pd.Timestamp, pd.Timestamp, int], dict[str, Any]],
+) -> Sets:
+    """Task -> window name -> set, ``build(name, lo, hi, n_cutoffs)`` giving one window's sets."""
+    sets: Sets = {}
+    for name, lo, hi in windows:
+        n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+        for task, built in build(name, lo, hi, n_cutoffs).items():
+            sets.setdefault(task, {})[name] = built
+    return sets
 
 
 def _trainable(part: Part) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -159,20 +181,22 @@ class DaskEngine:
     config: DaskConfig
     folder: str
     name: str = "dask"
-    _counters: dict[int, Any] = field(default_factory=dict)
+    _counter: Any = None  # the basket counter of the run's shop (its purchases partitioned once)
+    _shop: Shop | None = None
 
     def counter(self, shop: Shop, config: TrainConfig) -> Any:
         """The cluster's basket counter for ``shop`` (its purchases partitioned once)."""
         from features.distributed import DaskBasketCounter, partition_purchases
         from features.snapshot import shop_catalog
 
-        key = id(shop)
-        if key not in self._counters:
-            folder = f"{self.folder}/purchases-{len(self._counters)}"
-            purchases = partition_purchases(shop, folder, self.config.n_buckets).persist()
+        if self._shop is not shop:
+            purchases = partition_purchases(
+                shop, f"{self.folder}/purchases", self.config.n_buckets
+            ).persist()
             ids = shop_catalog(shop).products["product_id"].to_numpy(dtype=object)
-            self._counters[key] = DaskBasketCounter(purchases, ids, config.features.history_days)
-        return self._counters[key]
+            self._counter = DaskBasketCounter(purchases, ids, config.features.history_days)
+            self._shop = shop
+        return self._counter
 
     def task_sets(
         self,
@@ -186,30 +210,21 @@ class DaskEngine:
         from features.distributed import distributed_task_sets
 
         counter = self.counter(shop, config)
-        sets: Sets = {}
-        for name, lo, hi in windows:
-            n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
+
+        def build(name: str, lo: pd.Timestamp, hi: pd.Timestamp, n_cutoffs: int) -> dict[str, Any]:
             say(
                 f"building {name} features on the cluster ({n_cutoffs} cut-offs, "
                 f"{self.config.n_buckets} customer buckets)"
             )
-            built = distributed_task_sets(
+            return distributed_task_sets(
                 self.client,
                 shop,
-                tasks=tasks,
-                start=lo,
-                end=hi,
-                config=config.features,
-                step_days=config.split.step_days,
-                max_queries_per_cutoff=config.split.max_queries_per_cutoff,
-                seed=config.seed,
+                **_set_arguments(tasks, config, lo, hi, say),
                 buckets=self.config.n_buckets,
                 counter=counter,
-                progress=say,
             )
-            for task, ds in built.items():
-                sets.setdefault(task, {})[name] = ds
-        return sets
+
+        return _per_window(windows, config, build)
 
     def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
         return build_snapshot(
@@ -292,7 +307,7 @@ class DaskEngine:
         booster: lgb.Booster = ranker.booster_
         return booster
 
-    def sample(self, fit: Any, rows: int) -> TaskSet:
+    def sample(self, fit: Any) -> TaskSet:
         return fit.gather(self.client, [0])
 
 

@@ -460,7 +460,7 @@ def train(
                 say=say,
                 engine=engine,
             )
-            sample = engine.sample(next(iter(sets.values()))["fit"], 2000)
+            sample = engine.sample(next(iter(sets.values()))["fit"])
             del sets
         model = XsellModel(
             snapshot=final_snapshot,
