@@ -8,14 +8,19 @@ probe matrix built from the forest's own split thresholds (each threshold, its f
 neighbours, zero, tiny values, NaN and every category) and refuses a forest that differs.
 
 Compiling takes seconds per forest; pass a ``cache_dir`` to keep the machine code between
-processes (keyed by the model text, the lleaves version and the host CPU).
+processes (keyed by the model text, the lleaves version and the host CPU). Processes sharing a
+cache (the service's workers, starting together) take turns on a lock file: one compiles and
+writes the machine code, the others then load it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,6 +105,18 @@ def _cache_file(cache_dir: Path, text: str) -> Path:
     return cache_dir / f"forest-{hashlib.sha256(key.encode()).hexdigest()[:24]}.o"
 
 
+@contextmanager
+def _cache_lock(cache_dir: Path) -> Iterator[None]:
+    """Hold the cache folder's lock file (exclusive; released on exit, or when the process
+    dies)."""
+    with (cache_dir / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def compile_ranker(booster: lgb.Booster, *, cache_dir: Path | None = None) -> CompiledRanker:
     """Compile ``booster`` with lleaves and check its scores on :func:`probe_matrix`.
 
@@ -124,7 +141,8 @@ def compile_ranker(booster: lgb.Booster, *, cache_dir: Path | None = None) -> Co
             cache = str(_cache_file(Path(cache_dir), text))
         try:
             model = lleaves.Model(model_file=str(model_file))
-            model.compile(cache=cache, fblocksize=model.num_trees())
+            with nullcontext() if cache_dir is None else _cache_lock(Path(cache_dir)):
+                model.compile(cache=cache, fblocksize=model.num_trees())
         except Exception as exc:  # lleaves / llvmlite raise several types
             raise CompileError(f"lleaves could not compile the forest: {exc}") from exc
     compiled = CompiledRanker(booster, model)

@@ -91,9 +91,14 @@ def live_activity(snapshot: FeatureSnapshot, events: Iterable[LiveEventLike]) ->
 
     Events at or before the snapshot's cut-off are ignored: the snapshot already holds them.
     """
+    events = list(events)
+    if not events:  # most requests: nothing since the snapshot
+        return NO_ACTIVITY
     index = snapshot.product_index
     cutoff = snapshot.as_of_timestamp.to_pydatetime()
     rows = sorted((e for e in events if e.ts > cutoff), key=lambda e: e.ts)
+    if not rows:
+        return NO_ACTIVITY
     net: dict[int, float] = {}
     orders: dict[str, tuple[datetime, list[int]]] = {}
     cart: dict[int, None] = {}

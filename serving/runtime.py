@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 
 from features.recommend import ModelLoadError, XsellModel, current_snapshot, snapshot_stamp
@@ -45,6 +46,11 @@ class ServedVariant:
     model: XsellModel
     version: str
     folder: Path | None
+    cutoff: datetime = field(init=False)  # the snapshot's cut-off (naive), read per request
+
+    def __post_init__(self) -> None:
+        cutoff = self.model.snapshot.as_of_timestamp.to_pydatetime()
+        object.__setattr__(self, "cutoff", cutoff)  # frozen: set once, per snapshot
 
 
 def with_policies(model: XsellModel, overrides: dict[str, str]) -> XsellModel:

@@ -29,7 +29,7 @@ from trained_model import Trained
 from typer.testing import CliRunner
 
 import serving.__main__ as serving_main
-from serving.service import ACCESS_LOG_ENV, _logging_config
+from serving.service import ACCESS_LOG_ENV, TRACING_ENV, _logging_config, _tracing_config
 from training.cli import app as cli_app
 
 # Examples per operation in the fuzzing phase (the coverage phase adds its own edge cases):
@@ -201,3 +201,11 @@ def test_access_log_is_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _logging_config() == {"access": {"enabled": False}}
     monkeypatch.setenv(ACCESS_LOG_ENV, "1")
     assert _logging_config() == {"access": {"enabled": True}}
+
+
+def test_tracing_is_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No OpenTelemetry spans per request (nothing exports them) unless $XSELL_TRACING=1."""
+    monkeypatch.delenv(TRACING_ENV, raising=False)
+    assert _tracing_config() == {"excluded_urls": ["."]}
+    monkeypatch.setenv(TRACING_ENV, "1")
+    assert _tracing_config() == {}

@@ -22,11 +22,14 @@ from hypothesis import strategies as st
 from live_server import export_shared_model, xsell_serve
 from trained_model import MODEL_NAME, Trained
 
+from features.compiled import probe_matrix
 from features.data import schema as s
 from features.recommend import BASELINE_PREFIX, RANKER, default_context, placement_defaults
 from features.tasks import get_task, task_names, tasks_at
 from serving.service import (
+    COMPILED_ENV,
     EXAMPLE_REQUEST,
+    FOREST_CACHE_ENV,
     MAX_BODY_BYTES,
     MAX_CART,
     MODEL_URI_ENV,
@@ -35,6 +38,7 @@ from serving.service import (
     RecommendRequest,
     RecommendResponse,
     XsellService,
+    load_worker_model,
 )
 from training.model import XsellModel, load_serving_model
 
@@ -60,6 +64,7 @@ def api(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[A
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(MODEL_URI_ENV, str(model_dir))
         mp.setenv(STORE_ENV, str(tmp_path_factory.mktemp("store")))
+        mp.setenv(FOREST_CACHE_ENV, str(tmp_path_factory.mktemp("forests")))
         mp.setenv("BENTOML_DO_NOT_TRACK", "True")
         client = AsgiClient(XsellService.to_asgi())
     yield client
@@ -175,7 +180,8 @@ def test_placement_defaults(api: AsgiClient, model: XsellModel) -> None:
 
 @pytest.mark.parametrize("placement", ["product_page", "cart", "post_purchase"])
 def test_api_scores_equal_batch_scores(api: AsgiClient, model: XsellModel, placement: str) -> None:
-    """``POST /recommend`` and ``xsell recommend`` (batch, as_of = cut-off) agree exactly."""
+    """``POST /recommend`` and ``xsell recommend`` (batch, as_of = cut-off) agree exactly (the
+    service scores with compiled forests, the batch with LightGBM's predict)."""
     compared = 0
     for customer in _buyers(model, 3):
         cart = _cart_of(model, customer)
@@ -203,6 +209,26 @@ def test_api_scores_equal_batch_scores(api: AsgiClient, model: XsellModel, place
             assert api_items == list(zip(rows["product_id"], rows["score"], strict=True))
             compared += len(api_items)
     assert compared > 0
+
+
+def test_workers_score_with_compiled_rankers(
+    model_dir: Path, model: XsellModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker compiles every served ranker (cached: a second worker loads the machine code);
+    ``$XSELL_COMPILED=0`` keeps LightGBM."""
+    monkeypatch.setenv(FOREST_CACHE_ENV, str(tmp_path))
+    served = sorted(t.name for t in model.tasks if model.policy(t.name) == RANKER)
+    first, _ = load_worker_model(str(model_dir))
+    assert served and sorted(first.compiled) == served
+    cached = sorted(tmp_path.glob("forest-*.o"))
+    assert len(cached) == len(served)
+    second, _ = load_worker_model(str(model_dir))
+    assert sorted(tmp_path.glob("forest-*.o")) == cached
+    for task in served:
+        X = probe_matrix(model.boosters[task], rows=500, seed=1)  # on and around every split
+        assert np.array_equal(second.ranker_score(X, task), model.ranker_score(X, task))
+    monkeypatch.setenv(COMPILED_ENV, "0")
+    assert load_worker_model(str(model_dir))[0].compiled == {}
 
 
 def test_guardrails_hold(api: AsgiClient, model: XsellModel) -> None:
