@@ -112,3 +112,18 @@ def xsell_serve(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        _reap_group(proc.pid)
+
+
+def _reap_group(pgid: int, grace: float = 10.0) -> None:
+    """Wait for the rest of the server's process group (its workers) to exit, then kill what
+    is left: a worker outliving the test keeps loading the machine for the tests after it."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
