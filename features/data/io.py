@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.data import schema as s
 from features.data.consumables import ConsumabilityCheck, consumability_check
@@ -277,15 +279,66 @@ def _check_unique(frame: pd.DataFrame, table: str, key: tuple[str, ...]) -> None
         )
 
 
+def _arrow(column: pd.Series) -> pa.Array:
+    """One column as a single Arrow array (zero-copy for Arrow-backed strings)."""
+    array = pa.array(column)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
 def _check_known(frame: pd.DataFrame, table: str, column: str, known: pd.Series) -> None:
-    unknown = ~frame[column].isin(known)
+    # Arrow's hash lookup: pandas' isin on Arrow strings walks the known ids in Python
+    found = pc.is_in(_arrow(frame[column]), value_set=_arrow(known))
+    unknown = ~_numpy_bool(found)
     if unknown.any():
         ref = s.CUSTOMERS if column == s.CUSTOMER_ID else s.PRODUCTS
         raise DataValidationError(table, column, f"unknown id (not in {ref})", frame.loc[unknown])
 
 
-def _drop_exact_duplicates(frame: pd.DataFrame, table: str, dropped: dict) -> pd.DataFrame:
-    dup = frame.duplicated(keep="first")
+def _numpy_bool(array: pa.Array) -> np.ndarray:
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _equal_neighbours(array: pa.Array) -> np.ndarray:
+    """``out[i]``: row ``i + 1`` equals row ``i``."""
+    return _numpy_bool(pc.equal(array.slice(0, len(array) - 1), array.slice(1)))
+
+
+def _sorted_by(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``frame`` stably sorted by ``keys`` (no NaN in them); a frame already in that order
+    (as exported shops usually are) is returned as is, after one pass of comparisons."""
+    if len(frame) < 2:
+        return frame.reset_index(drop=True)
+    arrays = [_arrow(frame[key]) for key in keys]
+    ties = np.ones(len(frame) - 1, dtype=bool)  # rows equal to the previous one on keys so far
+    for array in arrays:
+        after = array.slice(1)
+        descending = _numpy_bool(pc.greater(array.slice(0, len(array) - 1), after))
+        ordered = not (ties & descending).any()
+        if not ordered:
+            break
+        ties &= _equal_neighbours(array)
+    if ordered:
+        return frame.reset_index(drop=True)
+    table = pa.table(dict(zip(keys, arrays, strict=True)))
+    order = pc.sort_indices(table, sort_keys=[(key, "ascending") for key in keys])  # stable
+    return frame.take(order.to_numpy()).reset_index(drop=True)
+
+
+def _drop_exact_duplicates(
+    frame: pd.DataFrame, table: str, dropped: dict, keys: list[str]
+) -> pd.DataFrame:
+    """``frame`` sorted by ``keys`` (stable) without its exact duplicate lines (the first
+    kept). Two equal lines are equal on ``keys`` too, so only rows sharing their keys with a
+    neighbour after the sort are compared on every column."""
+    frame = _sorted_by(frame, keys)
+    same = np.ones(max(len(frame) - 1, 0), dtype=bool)
+    for key in keys:
+        same &= _equal_neighbours(_arrow(frame[key]))
+    shared = np.zeros(len(frame), dtype=bool)
+    shared[1:] |= same
+    shared[:-1] |= same
+    dup = np.zeros(len(frame), dtype=bool)
+    dup[shared] = frame.loc[shared].duplicated(keep="first").to_numpy()
     n = int(dup.sum())
     dropped.setdefault(table, {})["exact duplicate line"] = n
     if n:
@@ -361,7 +414,8 @@ def load_shop(folder: str | Path) -> Shop:
         )
     _check_known(purchases, s.PURCHASES, s.CUSTOMER_ID, customers[s.CUSTOMER_ID])
     _check_known(purchases, s.PURCHASES, s.PRODUCT_ID, products[s.PRODUCT_ID])
-    purchases = _drop_exact_duplicates(purchases, s.PURCHASES, dropped)
+    purchase_order = [s.TS, s.ORDER_ID, s.PRODUCT_ID]
+    purchases = _drop_exact_duplicates(purchases, s.PURCHASES, dropped, purchase_order)
     zero = purchases[s.QUANTITY] == 0
     dropped[s.PURCHASES]["quantity == 0"] = int(zero.sum())
     if zero.any():
@@ -382,12 +436,7 @@ def load_shop(folder: str | Path) -> Shop:
             )
         _check_known(events, s.EVENTS, s.CUSTOMER_ID, customers[s.CUSTOMER_ID])
         _check_known(events, s.EVENTS, s.PRODUCT_ID, products[s.PRODUCT_ID])
-        events = _drop_exact_duplicates(events, s.EVENTS, dropped)
-
-    purchases = purchases.sort_values([s.TS, s.ORDER_ID, s.PRODUCT_ID], kind="stable")
-    purchases = purchases.reset_index(drop=True)
-    if events is not None:
-        events = events.sort_values([s.TS, s.CUSTOMER_ID], kind="stable").reset_index(drop=True)
+        events = _drop_exact_duplicates(events, s.EVENTS, dropped, [s.TS, s.CUSTOMER_ID])
     return Shop(
         customers, products, purchases, events, dropped, consumable_labelled=consumable_labelled
     )

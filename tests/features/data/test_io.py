@@ -281,6 +281,35 @@ def test_exact_duplicate_lines_dropped_and_counted(
     assert "dropped from events: 1 (exact duplicate line)" in lines
 
 
+def test_unordered_lines_sorted_stably_and_deduplicated_like_pandas(
+    tiny_shop_dir: Path, tables: Tables, rewrite: Callable[..., Path]
+) -> None:
+    """A shuffled export with exact duplicates and same-key lines that differ loads into the
+    order and rows of pandas' stable sort after ``duplicated(keep="first")`` (the loader does
+    it with Arrow and skips the sort when the file is already in order)."""
+    purchases = tables[s.PURCHASES]
+    same_key = purchases.iloc[[2, 2]].assign(**{s.UNIT_PRICE: [7.0, 3.0]})  # differ: kept
+    purchases = pd.concat([purchases, purchases.iloc[[0, 5, 5]], same_key], ignore_index=True)
+    purchases = purchases.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    events = tables[s.EVENTS]
+    events = pd.concat([events, events.iloc[[0, 2]]], ignore_index=True).iloc[::-1]
+    rewrite(tiny_shop_dir, s.PURCHASES, purchases)
+    rewrite(tiny_shop_dir, s.EVENTS, events)
+    shop = load_shop(tiny_shop_dir)
+    reference = pd.read_parquet(tiny_shop_dir / "purchases.parquet")
+    reference = reference.loc[~reference.duplicated(keep="first")]
+    reference = reference.sort_values([s.TS, s.ORDER_ID, s.PRODUCT_ID], kind="stable")
+    assert shop.purchases[s.UNIT_PRICE].tolist() == reference[s.UNIT_PRICE].tolist()
+    assert shop.purchases[s.PRODUCT_ID].tolist() == reference[s.PRODUCT_ID].astype(str).tolist()
+    assert shop.dropped[s.PURCHASES]["exact duplicate line"] == 3
+    assert shop.events is not None and shop.dropped[s.EVENTS]["exact duplicate line"] == 2
+    assert shop.events[s.TS].is_monotonic_increasing
+    # already in order: the same frames again (the no-sort path)
+    rewrite(tiny_shop_dir, s.PURCHASES, shop.purchases)
+    again = load_shop(tiny_shop_dir)
+    pd.testing.assert_frame_equal(again.purchases, shop.purchases)
+
+
 def test_zero_quantity_dropped_and_counted_returns_kept(
     tiny_shop_dir: Path, tables: Tables, rewrite: Callable[..., Path]
 ) -> None:
