@@ -74,7 +74,7 @@ def ranker_params(config: RankerConfig, seed: int) -> dict[str, Any]:
         "num_threads": config.num_threads,
         "seed": seed,
         "deterministic": True,
-        "force_row_wise": True,
+        "force_col_wise": True,  # measured: same trees as row-wise, 1.6-4.5x faster here
         "verbosity": -1,
     }
 
