@@ -43,6 +43,10 @@ class SplitConfig(BaseModel):
     test_days: int = Field(28, ge=1)
     step_days: int = Field(14, ge=1)
     max_queries_per_cutoff: int | None = Field(4000, ge=1)
+    # holdout queries per task a training run evaluates on (a seeded sample, the same for the
+    # new model and the champion; None: all). Evaluation cost and memory otherwise grow with
+    # the shop: 1M customers have millions of holdout queries.
+    max_holdout_queries: int | None = Field(20_000, ge=1)
 
 
 class DaskConfig(BaseModel):

@@ -217,9 +217,11 @@ def holdout_sets(
     start: pd.Timestamp,
     end: pd.Timestamp,
     seed: int,
+    max_queries: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, TaskSet]:
-    """The holdout task sets of a model: queries in ``[start, end)`` against its snapshot.
+    """The holdout task sets of a model: queries in ``[start, end)`` against its snapshot
+    (at most ``max_queries`` per task, a sample drawn with ``seed``; None: all).
 
     Tasks without a labelled holdout query are left out (the caller reports them).
     ``progress`` is called with the task name after each task.
@@ -241,7 +243,7 @@ def holdout_sets(
                 end=pd.Timestamp(end),
                 config=model.snapshot.config,
                 step_days=max(int((pd.Timestamp(end) - pd.Timestamp(start)).days) + 1, 1),
-                max_queries_per_cutoff=None,
+                max_queries_per_cutoff=max_queries,
                 seed=seed,
                 snapshots={pd.Timestamp(start): model.snapshot},
             )

@@ -333,6 +333,7 @@ def _evaluate(
             start=split.train_until,
             end=split.test_end,
             seed=cfg.seed,
+            max_queries=cfg.split.max_holdout_queries,
             progress=lambda task: step.advance(note=f"{task} holdout"),
         )
         evals = evaluate_model(

@@ -182,3 +182,27 @@ def test_any_popularity_window_works_end_to_end(
         assert ev.best_baseline in names
         for name in names:
             assert 0.0 <= ev.metrics[f"baseline_{name}.ndcg_at_10"] <= 1.0, (task, name)
+
+
+def test_holdout_sample_is_capped_and_the_same_for_every_model(small_shop_dir: Path) -> None:
+    """``split.max_holdout_queries``: at most that many holdout queries per task, drawn with the
+    run's seed, so the new model and the champion are scored on the same queries."""
+    shop = load_shop(small_shop_dir)
+    _, last = shop.time_range()
+    as_of = (last - pd.Timedelta(days=28)).normalize()
+    snap = build_snapshot(shop, as_of=as_of, config=FeatureConfig())
+    policies = {task: f"{BASELINE_PREFIX}popular" for task in (s.CROSS_SELL, s.UPSELL)}
+    model = XsellModel(snapshot=snap, boosters={}, policies=policies)
+    window = {"start": as_of, "end": last + pd.Timedelta(seconds=1), "seed": 3}
+    full = holdout_sets(model, shop, **window)
+    cap = 7
+    first = holdout_sets(model, shop, **window, max_queries=cap)
+    again = holdout_sets(model, shop, **window, max_queries=cap)
+    assert set(first) == set(full)
+    for task, ts in first.items():
+        assert len(full[task].queries) > cap, task  # the cap binds on this shop
+        ids = ts.queries["query_id"].tolist()
+        assert len(ids) == cap, task
+        assert ids == again[task].queries["query_id"].tolist(), task
+        assert set(ids) <= set(full[task].queries["query_id"]), task
+    assert TrainConfig().split.max_holdout_queries == 20_000
