@@ -176,25 +176,33 @@ def viewed_then_bought(
         .reset_index()
         .sort_values(s.TS)
     )
-    heads = pur.drop_duplicates(s.ORDER_ID)[[s.ORDER_ID, s.CUSTOMER_ID, s.TS]].sort_values(s.TS)
+    # orders as integer codes (a hash, not a sort of the id strings); each order's first line
+    order_of_line, order_ids = pd.factorize(pur[s.ORDER_ID])
+    first = np.unique(order_of_line, return_index=True)[1]  # in line order, like drop_duplicates
+    heads = pd.DataFrame(
+        {
+            "order_row": order_of_line[first],
+            s.CUSTOMER_ID: pur[s.CUSTOMER_ID].to_numpy()[first],
+            "order_ts": pur[s.TS].to_numpy()[first],
+        }
+    ).sort_values("order_ts")
     matched = pd.merge_asof(
         starts,
-        heads.rename(columns={s.TS: "order_ts"}),
+        heads,
         left_on=s.TS,
         right_on="order_ts",
         by=s.CUSTOMER_ID,
         direction="forward",
         allow_exact_matches=False,
         tolerance=pd.Timedelta(days=window_days),
-    ).dropna(subset=[s.ORDER_ID])
+    ).dropna(subset=["order_row"])
     if len(matched) == 0:
         return sp.csr_matrix((n_p, n_p))
-    order_codes, order_of_line = np.unique(pur[s.ORDER_ID].to_numpy(), return_inverse=True)
-    b = indicator(order_of_line, pidx.get_indexer(pur[s.PRODUCT_ID]), (len(order_codes), n_p))
+    b = indicator(order_of_line, pidx.get_indexer(pur[s.PRODUCT_ID]), (len(order_ids), n_p))
     n_sess = int(sess.max()) + 1
     v = indicator(sess[views], p_of[views], (n_sess, n_p))
     sess_rows = matched["sess"].to_numpy()
-    order_rows = np.searchsorted(order_codes, matched[s.ORDER_ID].to_numpy())
+    order_rows = matched["order_row"].to_numpy().astype(np.int64)
     vb = (v[sess_rows].T @ b[order_rows]).tocsr()
     vb.setdiag(0)
     vb.eliminate_zeros()
