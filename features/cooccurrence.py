@@ -163,7 +163,10 @@ def viewed_then_bought(
     """Counts of "viewed A in a session, bought B in the customer's next order within N days"."""
     n_p = len(pidx)
     pur = shop.purchases
-    pur = pur.loc[(pur[s.TS] < as_of) & (pur[s.QUANTITY] > 0)]
+    bought = ((pur[s.TS] < as_of) & (pur[s.QUANTITY] > 0)).to_numpy()
+    pur = pur.loc[bought]
+    codes = shop.purchase_codes  # positions in the sorted catalog, like pidx
+    assert codes.order is not None
     views = ev[s.EVENT_TYPE].to_numpy() != s.REMOVE_FROM_CART
     if not views.any() or len(pur) == 0:
         return sp.csr_matrix((n_p, n_p))
@@ -177,7 +180,7 @@ def viewed_then_bought(
         .sort_values(s.TS)
     )
     # orders as integer codes (a hash, not a sort of the id strings); each order's first line
-    order_of_line, order_ids = pd.factorize(pur[s.ORDER_ID])
+    order_of_line, order_codes = pd.factorize(codes.order[bought])
     first = np.unique(order_of_line, return_index=True)[1]  # in line order, like drop_duplicates
     heads = pd.DataFrame(
         {
@@ -198,7 +201,7 @@ def viewed_then_bought(
     ).dropna(subset=["order_row"])
     if len(matched) == 0:
         return sp.csr_matrix((n_p, n_p))
-    b = indicator(order_of_line, pidx.get_indexer(pur[s.PRODUCT_ID]), (len(order_ids), n_p))
+    b = indicator(order_of_line, codes.product[bought], (len(order_codes), n_p))
     n_sess = int(sess.max()) + 1
     v = indicator(sess[views], p_of[views], (n_sess, n_p))
     sess_rows = matched["sess"].to_numpy()

@@ -519,12 +519,13 @@ def purchase_lines(
     shop: Shop, catalog: Catalog, *, as_of: pd.Timestamp, config: FeatureConfig
 ) -> Lines:
     """The shop's purchase lines with ``ts < as_of`` as positions."""
-    pur = shop.purchases
-    pur = pur.loc[pur[s.TS] < as_of]
+    before = (shop.purchases[s.TS] < as_of).to_numpy()
+    pur = shop.purchases.loc[before]
+    codes = shop.purchase_codes
+    assert codes.order is not None
     now = to_days(as_of)
     day = np.asarray(to_days(pur[s.TS]), dtype=np.float64)
-    product = pd.Index(catalog.products[s.PRODUCT_ID]).get_indexer(pur[s.PRODUCT_ID])
-    customer = pd.Index(catalog.customers[s.CUSTOMER_ID]).get_indexer(pur[s.CUSTOMER_ID])
+    product, customer = codes.product[before], codes.customer[before]
     quantity = pur[s.QUANTITY].to_numpy(dtype=np.float64)
     unit = pur[s.UNIT_PRICE].to_numpy(dtype=np.float64)
     positive = quantity > 0
@@ -544,7 +545,7 @@ def purchase_lines(
         day=day,
         product=product.astype(np.int64),
         customer=customer.astype(np.int64),
-        order=pd.factorize(pur[s.ORDER_ID])[0].astype(np.int64),
+        order=pd.factorize(codes.order[before])[0].astype(np.int64),  # first appearance
         quantity=quantity,
         unit=unit,
         positive=positive,
@@ -1051,9 +1052,12 @@ def event_lines(
     ev = shop.events
     if ev is None or len(ev) == 0:
         return None
-    ev = ev.loc[ev[s.TS] < as_of]
+    before = (ev[s.TS] < as_of).to_numpy()
+    ev = ev.loc[before]
     if len(ev) == 0:
         return None
+    codes = shop.event_codes
+    assert codes is not None
     now = to_days(as_of)
     day = np.asarray(to_days(ev[s.TS]), dtype=np.float64)
     etype = ev[s.EVENT_TYPE].to_numpy()
@@ -1063,8 +1067,8 @@ def event_lines(
     return EventLines(
         frame=ev,
         day=day,
-        product=pd.Index(catalog.products[s.PRODUCT_ID]).get_indexer(ev[s.PRODUCT_ID]),
-        customer=pd.Index(catalog.customers[s.CUSTOMER_ID]).get_indexer(ev[s.CUSTOMER_ID]),
+        product=codes.product[before],
+        customer=codes.customer[before],
         is_view=etype == s.VIEW,
         is_cart=etype == s.ADD_TO_CART,
         session=sessions(ev, config.session_gap_minutes),

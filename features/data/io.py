@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,43 @@ class Shop:
         """First and last purchase timestamp."""
         ts = self.purchases[s.TS]
         return ts.min(), ts.max()
+
+    @cached_property
+    def purchase_codes(self) -> LineCodes:
+        """The purchase lines' ids as integer positions, computed once per shop (every
+        snapshot of a training run reads them instead of looking the id strings up again)."""
+        return _line_codes(self, self.purchases, orders=True)
+
+    @cached_property
+    def event_codes(self) -> LineCodes | None:
+        """The events' ids as integer positions (None without events)."""
+        return None if self.events is None else _line_codes(self, self.events, orders=False)
+
+
+@dataclass(frozen=True)
+class LineCodes:
+    """A table's id columns as integers, one per row (-1: an id not in its table).
+
+    Attributes:
+        product: Position of the row's product among the products sorted by id (the
+            snapshot's product index).
+        customer: Position of the row's customer among the customers sorted by id.
+        order: Order code per purchase line, in order of first appearance (None for events).
+    """
+
+    product: np.ndarray
+    customer: np.ndarray
+    order: np.ndarray | None
+
+
+def _line_codes(shop: Shop, frame: pd.DataFrame, *, orders: bool) -> LineCodes:
+    products = pd.Index(shop.products[s.PRODUCT_ID]).sort_values()
+    customers = pd.Index(shop.customers[s.CUSTOMER_ID]).sort_values()
+    return LineCodes(
+        product=products.get_indexer(frame[s.PRODUCT_ID]).astype(np.int64),
+        customer=customers.get_indexer(frame[s.CUSTOMER_ID]).astype(np.int64),
+        order=pd.factorize(frame[s.ORDER_ID])[0].astype(np.int64) if orders else None,
+    )
 
 
 @dataclass(frozen=True)
