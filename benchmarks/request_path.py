@@ -180,11 +180,17 @@ def measure_round(model: Any, bodies: list[dict[str, Any]], warmup: int) -> dict
 def worker(model_dir: Path, bodies_file: Path, warmup: int, compiled: Path | None) -> None:
     """Serve rounds on stdin (``round`` / ``quit``), one JSON line per round on stdout.
 
+    BLAS runs on one thread, as in a serving worker (``serving.service.single_thread_blas``;
+    set here directly, so that a baseline revision without it is measured the same way).
+
     Args:
         compiled: Compile the rankers (machine code cached in that folder) before measuring.
     """
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
     from features.recommend import XsellModel
 
+    threadpool_limits(limits=1, user_api="blas")
     model = XsellModel.load(model_dir)
     if compiled is not None:
         model.compile_rankers(cache_dir=compiled)

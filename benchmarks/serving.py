@@ -2,14 +2,19 @@
 
 Trains a model on a synthetic shop (or takes ``--model``), starts ``xsell serve`` as a
 subprocess on 127.0.0.1, sends a bounded, seeded mix of requests (known and unknown customers,
-every placement, a few unknown products) at each concurrency with httpx, and prints p50 / p95 /
-p99 latency, requests per second and the RSS of the server's process tree, for ``/recommend``
-and ``/healthz`` in the same run (the machine is shared: ``/healthz`` is the baseline of the
-same moment). ``--workers`` takes several counts (one server after the other) and ``--repeat``
-runs every measurement that many times, interleaved; the summary takes the median::
+every placement, a few unknown products) at each concurrency, and prints p50 / p95 / p99
+latency, requests per second and the RSS of the server's process tree, for ``/recommend`` and
+``/healthz`` in the same run (the machine is shared: ``/healthz`` is the baseline of the same
+moment). The load generator (``--client``) is by default plain keep-alive sockets on asyncio
+(:func:`_raw_load`: the same HTTP/1.1 requests, timed from the first byte sent to the last byte
+of the answer read); ``--client httpx`` is the client of the earlier figures, whose own work
+per request (about 3 ms for ``/healthz`` at concurrency 1 on the shared machine, against 0.8 ms
+with plain sockets) was part of every latency it measured. ``--workers`` takes several counts
+(one server after the other) and ``--repeat`` runs every measurement that many times,
+interleaved; the summary takes the median::
 
     python -m benchmarks.serving --customers 100000 [--requests 5000] [--concurrency 1 8]
-        [--workers 1 2] [--repeat 3] [--profile]
+        [--workers 1 2] [--repeat 3] [--client raw|httpx] [--profile]
     python -m benchmarks.serving --model models:/xsell-ranker@champion --profile
 
 The shop and the trained model are cached under ``--work`` per size. ``--profile`` also runs
@@ -240,28 +245,110 @@ class RssSampler:
 # --------------------------------------------------------------------------- load
 
 
+CLIENTS = ("raw", "httpx")
+
+
 async def _load(
-    base: str, endpoint: str, bodies: list[dict[str, Any]], concurrency: int
+    base: str, endpoint: str, bodies: list[dict[str, Any]], concurrency: int, client: str
 ) -> tuple[np.ndarray, float, int, int]:
+    """Send every body once with ``concurrency`` requests in flight: latency per request (ms),
+    wall seconds, 5xx and 4xx counts. ``client`` is ``raw`` (:func:`_raw_load`) or ``httpx``."""
+    if client == "raw":
+        return await _raw_load(base, endpoint, bodies, concurrency)
     latencies = np.zeros(len(bodies))
     codes = np.zeros(len(bodies), dtype=np.int64)
     position = iter(range(len(bodies)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
 
         async def worker() -> None:
             for i in position:
                 started = time.perf_counter()
                 if endpoint == "/healthz":
-                    r = await client.get(endpoint)
+                    r = await http.get(endpoint)
                 else:
-                    r = await client.post(endpoint, json=bodies[i])
+                    r = await http.post(endpoint, json=bodies[i])
                 latencies[i] = time.perf_counter() - started
                 codes[i] = r.status_code
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
+    return latencies * 1000, wall, int((codes >= 500).sum()), int((codes >= 400).sum())
+
+
+def raw_request(host: str, endpoint: str, body: dict[str, Any] | None) -> bytes:
+    """The bytes of one HTTP/1.1 keep-alive request (``GET`` without a body, else a JSON
+    ``POST``), as an HTTP client sends them."""
+    if body is None:
+        return f"GET {endpoint} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n\r\n".encode()
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        f"POST {endpoint} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """One HTTP/1.1 response off a keep-alive connection: status, body (``Content-Length`` or
+    chunked), and whether the server closes the connection after it."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, value = line.split(":", 1)
+            headers[name.strip().lower()] = value.strip().lower()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding") == "chunked":
+        parts = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            parts.append(await reader.readexactly(size + 2))  # the chunk and its CRLF
+            if size == 0:
+                break
+        body = b"".join(p[:-2] for p in parts)
+    else:
+        body = b""
+    return status, body, headers.get("connection") == "close"
+
+
+async def _raw_load(
+    base: str, endpoint: str, bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[np.ndarray, float, int, int]:
+    """:func:`_load` with ``concurrency`` plain keep-alive sockets (asyncio streams): the same
+    requests as httpx sends, timed from the first byte written to the last byte of the body
+    read, with a few microseconds of client work per request instead of httpx's hundreds."""
+    host, port = base.removeprefix("http://").split(":")
+    wire = [
+        raw_request(f"{host}:{port}", endpoint, None if endpoint == "/healthz" else b)
+        for b in bodies
+    ]
+    latencies = np.zeros(len(bodies))
+    codes = np.zeros(len(bodies), dtype=np.int64)
+    position = iter(range(len(bodies)))
+
+    async def worker() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for i in position:
+                started = time.perf_counter()
+                writer.write(wire[i])
+                status, _, close = await asyncio.wait_for(read_response(reader), 30)
+                latencies[i] = time.perf_counter() - started
+                codes[i] = status
+                if close:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
     return latencies * 1000, wall, int((codes >= 500).sum()), int((codes >= 400).sum())
 
 
@@ -273,10 +360,13 @@ def run_load(
     warmup: int,
     *,
     workers: int = 1,
+    client: str = "raw",
 ) -> Result:
     """Warm up, then send every body once with ``concurrency`` requests in flight."""
-    asyncio.run(_load(base, endpoint, bodies[:warmup], concurrency))
-    ms, wall, errors, client_errors = asyncio.run(_load(base, endpoint, bodies, concurrency))
+    asyncio.run(_load(base, endpoint, bodies[:warmup], concurrency, client))
+    ms, wall, errors, client_errors = asyncio.run(
+        _load(base, endpoint, bodies, concurrency, client)
+    )
     p50, p95, p99 = np.percentile(ms, [50, 95, 99])
     return Result(
         workers,
@@ -495,12 +585,21 @@ def measure_server(
         proc = start_server(str(model_dir), port, workers, home)
         results = []
         try:
-            print(f"server ready in {wait_ready(base, proc):.1f} s ({workers} worker(s))")
+            ready = wait_ready(base, proc)
+            print(f"server ready in {ready:.1f} s ({workers} worker(s), {args.client} client)")
             with RssSampler(proc.pid) as rss:
                 for repeat in range(args.repeat):
                     for c in args.concurrency:
                         for endpoint in ("/recommend", "/healthz"):
-                            r = run_load(base, endpoint, bodies, c, args.warmup, workers=workers)
+                            r = run_load(
+                                base,
+                                endpoint,
+                                bodies,
+                                c,
+                                args.warmup,
+                                workers=workers,
+                                client=args.client,
+                            )
                             results.append(r)
                             print(
                                 f"  [{repeat + 1}/{args.repeat}] {endpoint} c={c}: "
@@ -530,6 +629,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of every measurement")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="raw",
+        help="load generator: plain keep-alive sockets (default) or httpx (the earlier figures)",
+    )
     parser.add_argument("--profile", action="store_true", help="cProfile one request too")
     parser.add_argument("--profile-requests", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="write the results here")

@@ -92,21 +92,14 @@ def top_within(groups: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarr
         index = np.arange(size, dtype=np.int64)
         return index, rank_within(groups, values)
     k = key[order]
+    row = np.repeat(np.arange(len(starts)), sizes)  # group of each sorted element
+    col = np.arange(size) - np.repeat(starts, sizes)  # its position inside the group
     threshold = np.empty(len(starts))
-    ends = starts + sizes
-    lo = 0
-    while lo < len(starts):  # contiguous blocks of groups, each padded to its widest group
-        hi, width = lo + 1, int(sizes[lo])
-        while hi < len(starts) and (hi - lo + 1) * max(width, int(sizes[hi])) <= TOP_BLOCK_CELLS:
-            width = max(width, int(sizes[hi]))
-            hi += 1
-        padded = np.full((hi - lo, max(width, n)), -np.inf)
-        first = int(starts[lo])
-        col = np.arange(first, int(ends[hi - 1])) - np.repeat(starts[lo:hi], sizes[lo:hi])
-        padded[np.repeat(np.arange(hi - lo), sizes[lo:hi]), col] = k[first : ends[hi - 1]]
-        threshold[lo:hi] = np.partition(padded, padded.shape[1] - n, axis=1)[:, -n]
-        lo = hi
-    row = np.repeat(np.arange(len(starts)), sizes)
+    for lo, hi, width in _padded_blocks(sizes, n):
+        first, last = int(starts[lo]), int(starts[hi - 1] + sizes[hi - 1])
+        padded = np.full((hi - lo, width), -np.inf)
+        padded[row[first:last] - lo, col[first:last]] = k[first:last]
+        threshold[lo:hi] = np.partition(padded, width - n, axis=1)[:, -n]
     t = threshold[row]
     above = k > t
     tie = k == t
@@ -116,6 +109,25 @@ def top_within(groups: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarr
     keep = above | (tie & (tie_before < need[row]))
     index = np.sort(order[keep])
     return index, rank_within(groups[index], values[index])
+
+
+def _padded_blocks(sizes: np.ndarray, n: int) -> list[tuple[int, int, int]]:
+    """Contiguous blocks of groups for :func:`top_within`, each padded to its widest group (at
+    least ``n``) and at most :data:`TOP_BLOCK_CELLS` cells where a group allows: ``(first group,
+    end group, width)``. All groups fit in one block in a request's merge (no loop over them)."""
+    widest = int(sizes.max())
+    if len(sizes) * widest <= TOP_BLOCK_CELLS:
+        return [(0, len(sizes), max(widest, n))]
+    blocks = []
+    lo = 0
+    while lo < len(sizes):
+        hi, width = lo + 1, int(sizes[lo])
+        while hi < len(sizes) and (hi - lo + 1) * max(width, int(sizes[hi])) <= TOP_BLOCK_CELLS:
+            width = max(width, int(sizes[hi]))
+            hi += 1
+        blocks.append((lo, hi, max(width, n)))
+        lo = hi
+    return blocks
 
 
 def rank_within_many(

@@ -68,6 +68,12 @@ class QueryBatch:
         """Query position of every entry of ``context`` (computed once per batch)."""
         return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.context_ptr))
 
+    @cached_property
+    def distinct_context(self) -> np.ndarray:
+        """``np.unique(context)``: the distinct context products of a one-query batch, sorted
+        (the sources that sum table rows read it; computed once per batch)."""
+        return np.unique(self.context)
+
     def context_value(self, price: np.ndarray) -> np.ndarray:
         """Summed price of each query's context products (0 for an empty context)."""
         return np.bincount(self.context_query, weights=price[self.context], minlength=len(self))

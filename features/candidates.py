@@ -33,6 +33,8 @@ class Candidates:
         scores: ``(rows, n_sources)`` source scores, NaN where the source did not propose it.
         ranks: ``(rows, n_sources)`` 1-based rank inside the source, NaN where absent.
         sources: Source names, the columns of ``scores`` and ``ranks``.
+        priority: :func:`merge_priority` of each row when the merge computed it (the feature
+            of the same name reuses it); None: computed from ``ranks`` when needed.
     """
 
     query: np.ndarray
@@ -40,6 +42,14 @@ class Candidates:
     scores: np.ndarray
     ranks: np.ndarray
     sources: tuple[str, ...]
+    priority: np.ndarray | None = None
+
+    def merge_priority(self, weights: dict[str, tuple[float, ...]]) -> np.ndarray:
+        """:func:`merge_priority` of every row (the merge's own values when it kept them: a
+        row's priority depends on that row's ranks alone)."""
+        if self.priority is not None:
+            return self.priority
+        return merge_priority(self.ranks, self.sources, weights)
 
     def __len__(self) -> int:
         return len(self.query)
@@ -98,11 +108,33 @@ def merge_priority(
     if not weights:
         # every merged row has a rank in some source: the minimum ignoring NaN is never NaN
         return -np.fmin.reduce(ranks, axis=1)
-    table = _weight_table(tuple((k, tuple(v)) for k, v in weights.items()), sources)
+    table, columns = _weights_for(weights, sources)
     present = ~np.isnan(ranks)
     bands = rank_band(np.where(present, ranks, 1.0))
-    contrib = table[np.arange(len(sources))[None, :], bands]
+    contrib = table[columns, bands]
     return np.where(present, contrib, 0.0).sum(axis=1)
+
+
+# (id(weights), sources) -> (weights, table, column index row): the table of a configuration's
+# weights found without hashing them on every call (the entry holds ``weights``, so its id
+# cannot be reused while the entry exists).
+_TABLES: dict[tuple[int, tuple[str, ...]], tuple[object, np.ndarray, np.ndarray]] = {}
+
+
+def _weights_for(
+    weights: dict[str, tuple[float, ...]], sources: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_weight_table` of ``weights`` and the ``(1, sources)`` column index to gather it
+    with, built once per weights object and sources."""
+    key = (id(weights), sources)
+    hit = _TABLES.get(key)
+    if hit is None or hit[0] is not weights:
+        if len(_TABLES) >= 64:
+            _TABLES.clear()
+        table = _weight_table(tuple((k, tuple(v)) for k, v in weights.items()), sources)
+        hit = (weights, table, np.arange(len(sources))[None, :])
+        _TABLES[key] = hit
+    return hit[1], hit[2]
 
 
 @functools.lru_cache(maxsize=64)
@@ -172,7 +204,7 @@ def merge_candidates(
     uq, up, scores, ranks = uq[order], up[order], scores[order], ranks[order]
     pos = rank_within(uq, -np.arange(len(uq), dtype=np.float64))
     keep = pos <= budget
-    return Candidates(uq[keep], up[keep], scores[keep], ranks[keep], sources)
+    return Candidates(uq[keep], up[keep], scores[keep], ranks[keep], sources, priority[order][keep])
 
 
 def candidates_for_products(

@@ -17,7 +17,7 @@ import pandas as pd
 
 from features.arrays import lookup_many, rank_within_many
 from features.batch import QueryBatch
-from features.candidates import Candidates, collect_candidates, merge_priority
+from features.candidates import Candidates, collect_candidates
 from features.columns import popularity_column, source_columns
 from features.data import schema as s
 from features.snapshot import LIFECYCLE_LEVELS, FeatureSnapshot
@@ -283,7 +283,7 @@ def features_for_candidates(
     best_source = (
         best_rank.argmin(axis=1) if n and present.shape[1] else np.zeros(n, dtype=np.int64)
     )
-    f["merge_priority"] = merge_priority(cands.ranks, cands.sources, snapshot.config.merge_weights)
+    f["merge_priority"] = cands.merge_priority(snapshot.config.merge_weights)
 
     # context: lift / confidence / category association with each context product
     ctx_size = np.diff(batch.context_ptr)[q].astype(np.float64)

@@ -117,7 +117,7 @@ def via_product_table(
 ) -> CandidateSet:
     """Products scored by the summed ``table`` rows of the query's context products."""
     if len(batch) == 1:
-        cols, vals = row_combination(table.matrix, np.unique(batch.context))
+        cols, vals = row_combination(table.matrix, batch.distinct_context)
         return _one_row(name, cols, vals)
     ctx = indicator(batch.context_query, batch.context, (len(batch), snapshot.n_products))
     return _triples(ctx @ table.matrix, name)

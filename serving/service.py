@@ -35,6 +35,7 @@ worker thread) cost ~2 ms of latency per request. Scale out with workers (``xsel
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from features.data import schema as s
 from features.live import NO_ACTIVITY, LiveActivity, live_activity
@@ -337,18 +339,40 @@ def serve(
 
 
 def load_worker_model(uri: str) -> tuple[XsellModel, str]:
-    """One model version as a worker serves it: loaded, and its rankers compiled to machine
-    code unless ``$XSELL_COMPILED`` is ``0`` (:meth:`XsellModel.compile_rankers`: the same
-    scores as LightGBM, about 3x faster on one request's rows; a forest that cannot be compiled
-    stays on LightGBM with a warning). The machine code is cached in ``$XSELL_FOREST_CACHE``
-    (default ``<tmp>/xsell-forests``), so only the first worker to start pays the seconds of
-    compiling."""
+    """One model version as a worker serves it: BLAS on one thread (:func:`single_thread_blas`),
+    the model loaded, and its rankers compiled to machine code unless ``$XSELL_COMPILED`` is
+    ``0`` (:meth:`XsellModel.compile_rankers`: the same scores as LightGBM, about 3x faster on
+    one request's rows; a forest that cannot be compiled stays on LightGBM with a warning). The
+    machine code is cached in ``$XSELL_FOREST_CACHE`` (default ``<tmp>/xsell-forests``), so only
+    the first worker to start pays the seconds of compiling."""
+    single_thread_blas()
     model, label = load_serving_model(uri)
     if os.environ.get(COMPILED_ENV, "1") != "0":
         cache = Path(os.environ.get(FOREST_CACHE_ENV) or DEFAULT_FOREST_CACHE)
         compiled = model.compile_rankers(cache_dir=cache)
         log.info("rankers compiled to machine code: %s", ", ".join(compiled) or "none")
     return model, label
+
+
+def single_thread_blas() -> None:
+    """Run BLAS on this thread only, for the rest of the process (a serving worker).
+
+    A request's matrix products are small (the latent sources: one customer vector against
+    the 20,000 pooled customers); OpenBLAS's worker threads made them up to 10x slower on a
+    busy machine (``latent.top_by_vector`` was the largest item of a profiled request) and
+    fight the other workers for the cores. One thread gives the same values (each output is
+    the same dot product, whichever thread computes it). ``threadpoolctl`` comes with
+    scikit-learn.
+    """
+    threadpool_limits(limits=1, user_api="blas")
+
+
+def freeze_loaded_objects() -> None:
+    """Move everything loaded so far (the models, the libraries) out of the garbage collector's
+    sight (``gc.freeze``): a full collection walked those ~290,000 objects in about 200 ms, a
+    pause that every request in flight waited for; requests' own objects are still collected."""
+    gc.collect()
+    gc.freeze()
 
 
 def load_variants() -> Variants:
@@ -521,6 +545,7 @@ class XsellService:
         self.store = StoreHandle(os.environ.get(STORE_ENV) or DEFAULT_STORE)
         self.recommendations = RecommendationLog(self.store)
         self.variants.watch(float(os.environ.get(RELOAD_ENV, "5")))
+        freeze_loaded_objects()
         default = self.variants.default
         log.info("serving model %s (%d variant(s))", default.version, len(self.variants.served))
 
