@@ -99,7 +99,13 @@ def watch(
 
 
 def train_once(
-    shop: Path, engine: str, workers: int, work: Path, limit: int, timeout: float
+    shop: Path,
+    engine: str,
+    workers: int,
+    work: Path,
+    limit: int,
+    timeout: float,
+    config: Path | None = None,
 ) -> tuple[float, Memory, str, list[tuple[str, float, float]]]:
     """One ``xsell train`` in a child process, its memory sampled; returns its figures."""
     store = Path(tempfile.mkdtemp(prefix=f"mlruns-{engine}-", dir=work))
@@ -109,6 +115,8 @@ def train_once(
     command += ["--engine", engine, "--experiment", f"bench-scale-{engine}"]
     if engine == "dask":
         command += ["--dask-workers", str(workers)]
+    if config is not None:
+        command += ["--config", str(config)]
     memory, stop = Memory(), threading.Event()
     steps: list[tuple[str, float, float]] = []
     started = time.perf_counter()
@@ -150,10 +158,12 @@ def train_once(
 
 
 def _close_step(steps: list[tuple[str, float, float]], memory: Memory) -> None:
-    """Give the last step the tree's peak seen since it began; start a new window."""
+    """Give the last step the tree's peak seen since it began (and print it: a long run shows
+    its steps as they end); start a new window."""
     if steps:
         text, at, _ = steps[-1]
         steps[-1] = (text, at, memory.window / GB)
+        print(f"{'':>12}{at:>7.0f} s {memory.window / GB:>6.2f} GB  {text[:90]}", flush=True)
     memory.window = 0
 
 
@@ -203,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-limit", type=float, default=22.0, help="GB of the tree")
     parser.add_argument("--timeout", type=float, default=3 * 3600.0, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="append the runs here")
+    parser.add_argument("--config", type=Path, default=None, help="xsell train --config")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -211,16 +222,22 @@ def main(argv: list[str] | None = None) -> None:
         shop, lines = shop_folder(customers, args.work)
         local: Run | None = None
         for engine in args.engines:
+            print(
+                f"{customers:,d} customers ({lines:,d} order lines), engine {engine}:", flush=True
+            )
             seconds, memory, status, steps = train_once(
-                shop, engine, args.workers, args.work, int(args.memory_limit * GB), args.timeout
+                shop,
+                engine,
+                args.workers,
+                args.work,
+                int(args.memory_limit * GB),
+                args.timeout,
+                args.config,
             )
             run = Run(customers, lines, engine, seconds, memory, status, steps)
             local = run if engine == "local" else local
             runs.append(run)
-            print(HEADER if len(runs) == 1 else "", end="\n" if len(runs) == 1 else "")
-            print(format_row(run, local), flush=True)
-            for text, at, peak in steps:
-                print(f"{'':>12}{at:>7.0f} s {peak:>6.2f} GB  {text[:90]}")
+            print(HEADER + "\n" + format_row(run, local), flush=True)
             if args.json is not None:
                 with args.json.open("a") as out:
                     out.write(json.dumps(asdict(run)) + "\n")
