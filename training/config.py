@@ -46,7 +46,7 @@ class SplitConfig(BaseModel):
     # holdout queries per task a training run evaluates on (a seeded sample, the same for the
     # new model and the champion; None: all). Evaluation cost and memory otherwise grow with
     # the shop: 1M customers have millions of holdout queries.
-    max_holdout_queries: int | None = Field(20_000, ge=1)
+    max_holdout_queries: int | None = Field(10_000, ge=1)
 
 
 class DaskConfig(BaseModel):

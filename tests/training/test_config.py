@@ -205,4 +205,4 @@ def test_holdout_sample_is_capped_and_the_same_for_every_model(small_shop_dir: P
         assert len(ids) == cap, task
         assert ids == again[task].queries["query_id"].tolist(), task
         assert set(ids) <= set(full[task].queries["query_id"]), task
-    assert TrainConfig().split.max_holdout_queries == 20_000
+    assert TrainConfig().split.max_holdout_queries == 10_000
