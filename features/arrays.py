@@ -9,7 +9,29 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
+
+
+def is_in(values: pd.Series | np.ndarray, universe: pd.Series | np.ndarray) -> np.ndarray:
+    """Boolean mask: each of ``values`` occurs in ``universe`` (Arrow's hash lookup; pandas'
+    ``isin`` on Arrow-backed strings converts the universe element by element in Python)."""
+    found = pc.is_in(pa.array(values), value_set=pa.array(universe))
+    if isinstance(found, pa.ChunkedArray):
+        found = found.combine_chunks()
+    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def runs_as_lists(frame: pd.DataFrame, key: str, value: str) -> pd.Series:
+    """``frame.groupby(key, sort=False)[value].agg(list)`` for a frame whose rows of each key
+    are contiguous: the lists cut from one array, not built by a Python call per group."""
+    keys = frame[key].to_numpy()
+    values = frame[value].to_numpy()
+    starts = group_starts(keys)
+    lists = [chunk.tolist() for chunk in np.split(values, starts[1:])] if len(keys) else []
+    return pd.Series(lists, index=pd.Index(keys[starts], name=key), name=value, dtype=object)
 
 
 def group_starts(sorted_keys: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
+from features.arrays import is_in
 from features.batch import QUERY_ID, batch_from_frame
 from features.candidates import RANK_BANDS, candidate_sets, merge_candidates, rank_band
 from features.columns import source_columns
@@ -137,7 +138,7 @@ def sample_queries(
     queries, labels = lq.queries, lq.labels
     if n is not None and len(queries) > n:
         queries = queries.iloc[np.sort(rng.choice(len(queries), n, replace=False))]
-        labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
+        labels = labels.loc[is_in(labels[QUERY_ID], queries[QUERY_ID])]
     return queries.reset_index(drop=True), labels
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.arrays import is_in, runs_as_lists
 from features.batch import ANCHOR, AS_OF, CART, PLACEMENT, QUERY_ID, TASK
 from features.config import FeatureConfig
 from features.data import schema as s
@@ -118,7 +119,7 @@ def _order_queries(
     heads = in_range.drop_duplicates(s.ORDER_ID)[[s.ORDER_ID, s.CUSTOMER_ID, s.TS]]
 
     ctx = in_range.loc[in_range["ctx"]]
-    ctx_lists = ctx.groupby(s.ORDER_ID, sort=False)[s.PRODUCT_ID].agg(list)
+    ctx_lists = runs_as_lists(ctx, s.ORDER_ID, s.PRODUCT_ID)  # in_range is sorted by order
     q_in = heads.assign(
         **{
             QUERY_ID: f"{prefix}-" + heads[s.ORDER_ID],
@@ -128,7 +129,7 @@ def _order_queries(
     )
     q_in[PLACEMENT] = np.where(q_in[CART].map(len) >= 2, "cart", "product_page")
     pp_pick = _hash01(heads[s.ORDER_ID]) < 1.0 / POST_PURCHASE_EVERY
-    whole = in_range.groupby(s.ORDER_ID, sort=False)[s.PRODUCT_ID].agg(list)
+    whole = runs_as_lists(in_range, s.ORDER_ID, s.PRODUCT_ID)
     pp = heads.loc[pp_pick]
     q_pp = pp.assign(
         **{
@@ -251,13 +252,13 @@ def upsell_queries(
 
 
 def _finish(queries: pd.DataFrame, labels: pd.DataFrame, task: str) -> LabelledQueries:
-    has = queries[QUERY_ID].isin(labels[QUERY_ID])
+    has = is_in(queries[QUERY_ID], labels[QUERY_ID])
     queries = queries.loc[has].copy()
     queries[TASK] = task
     if ANCHOR not in queries.columns:
         queries[ANCHOR] = None
     cols = [QUERY_ID, s.CUSTOMER_ID, TASK, PLACEMENT, ANCHOR, CART, AS_OF]
     queries = queries[cols].sort_values([AS_OF, QUERY_ID], kind="stable").reset_index(drop=True)
-    labels = labels.loc[labels[QUERY_ID].isin(queries[QUERY_ID])]
+    labels = labels.loc[is_in(labels[QUERY_ID], queries[QUERY_ID])]
     labels = labels.sort_values([QUERY_ID, s.PRODUCT_ID]).reset_index(drop=True)
     return LabelledQueries(queries, labels)

@@ -24,6 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.arrays import is_in
 from features.data import schema as s
 from features.data.consumables import ConsumabilityCheck, consumability_check
 
@@ -324,9 +325,7 @@ def _arrow(column: pd.Series) -> pa.Array:
 
 
 def _check_known(frame: pd.DataFrame, table: str, column: str, known: pd.Series) -> None:
-    # Arrow's hash lookup: pandas' isin on Arrow strings walks the known ids in Python
-    found = pc.is_in(_arrow(frame[column]), value_set=_arrow(known))
-    unknown = ~_numpy_bool(found)
+    unknown = ~is_in(frame[column], known)
     if unknown.any():
         ref = s.CUSTOMERS if column == s.CUSTOMER_ID else s.PRODUCTS
         raise DataValidationError(table, column, f"unknown id (not in {ref})", frame.loc[unknown])

@@ -4,6 +4,7 @@ group, a single row, tiny member sets) must give exactly what the general code g
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
@@ -11,10 +12,12 @@ from features import arrays
 from features.arrays import (
     PairLookup,
     gather_rows,
+    is_in,
     is_member,
     lookup_many,
     rank_within,
     rank_within_many,
+    runs_as_lists,
     share_keys,
     top_within,
     unique_inverse,
@@ -144,3 +147,21 @@ def test_gather_rows_one_row_is_the_general_case() -> None:
         for got, want in zip(one, many, strict=True):
             np.testing.assert_array_equal(got, want[:k])
             assert got.dtype == want.dtype
+
+
+def test_is_in_matches_pandas_isin_on_arrow_strings() -> None:
+    values = pd.Series(["a", "b", "zz", "c", "a", ""], dtype="str")
+    universe = pd.Series(["c", "a", "q"], dtype="str")
+    assert is_in(values, universe).tolist() == values.isin(universe).tolist()
+    assert is_in(values, universe[:0]).tolist() == [False] * len(values)
+
+
+def test_runs_as_lists_matches_groupby_agg_list() -> None:
+    frame = pd.DataFrame(
+        {"o": ["o2", "o2", "o1", "o3", "o3", "o3"], "p": ["b", "a", "c", "a", "d", "b"]}
+    ).astype("str")
+    expected = frame.groupby("o", sort=False)["p"].agg(list)
+    got = runs_as_lists(frame, "o", "p")
+    assert got.index.tolist() == expected.index.tolist()
+    assert got.tolist() == expected.tolist()
+    assert runs_as_lists(frame.iloc[:0], "o", "p").tolist() == []
