@@ -74,6 +74,13 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
+def _kill(procs: list[psutil.Process]) -> None:
+    """Kill a process tree, children first."""
+    for p in reversed(procs):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+
+
 def watch(
     process: subprocess.Popen[str], memory: Memory, limit: int, stop: threading.Event
 ) -> None:
@@ -91,9 +98,7 @@ def watch(
                 memory.tree, memory.workers = total, len(sizes) - 1
             if total > limit:
                 stop.set()
-                for p in reversed(procs):
-                    with contextlib.suppress(psutil.NoSuchProcess):
-                        p.kill()
+                _kill(procs)
                 return
         time.sleep(_SAMPLE_SECONDS)
 
@@ -128,9 +133,8 @@ def train_once(
 
     def out_of_time() -> None:
         stop.set()
-        for p in reversed(_tree(psutil.Process(process.pid))):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            _kill(_tree(psutil.Process(process.pid)))
 
     timer = threading.Timer(timeout, out_of_time)
     timer.start()

@@ -15,13 +15,21 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 
+def arrow_array(values: pd.Series | np.ndarray) -> pa.Array:
+    """``values`` as one Arrow array (zero-copy for Arrow-backed strings)."""
+    array = pa.array(values)
+    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+
+
+def arrow_bool(array: pa.Array) -> np.ndarray:
+    """An Arrow boolean array as a NumPy bool array."""
+    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
+
+
 def is_in(values: pd.Series | np.ndarray, universe: pd.Series | np.ndarray) -> np.ndarray:
     """Boolean mask: each of ``values`` occurs in ``universe`` (Arrow's hash lookup; pandas'
     ``isin`` on Arrow-backed strings converts the universe element by element in Python)."""
-    found = pc.is_in(pa.array(values), value_set=pa.array(universe))
-    if isinstance(found, pa.ChunkedArray):
-        found = found.combine_chunks()
-    return np.asarray(found.to_numpy(zero_copy_only=False), dtype=bool)
+    return arrow_bool(pc.is_in(arrow_array(values), value_set=arrow_array(universe)))
 
 
 def runs_as_lists(frame: pd.DataFrame, key: str, value: str) -> pd.Series:

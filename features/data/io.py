@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.arrays import is_in
+from features.arrays import arrow_array, arrow_bool, is_in
 from features.data import schema as s
 from features.data.consumables import ConsumabilityCheck, consumability_check
 
@@ -318,12 +318,6 @@ def _check_unique(frame: pd.DataFrame, table: str, key: tuple[str, ...]) -> None
         )
 
 
-def _arrow(column: pd.Series) -> pa.Array:
-    """One column as a single Arrow array (zero-copy for Arrow-backed strings)."""
-    array = pa.array(column)
-    return array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
-
-
 def _check_known(frame: pd.DataFrame, table: str, column: str, known: pd.Series) -> None:
     unknown = ~is_in(frame[column], known)
     if unknown.any():
@@ -331,13 +325,9 @@ def _check_known(frame: pd.DataFrame, table: str, column: str, known: pd.Series)
         raise DataValidationError(table, column, f"unknown id (not in {ref})", frame.loc[unknown])
 
 
-def _numpy_bool(array: pa.Array) -> np.ndarray:
-    return np.asarray(array.to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _equal_neighbours(array: pa.Array) -> np.ndarray:
     """``out[i]``: row ``i + 1`` equals row ``i``."""
-    return _numpy_bool(pc.equal(array.slice(0, len(array) - 1), array.slice(1)))
+    return arrow_bool(pc.equal(array.slice(0, len(array) - 1), array.slice(1)))
 
 
 def _sorted_by(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -345,11 +335,11 @@ def _sorted_by(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     (as exported shops usually are) is returned as is, after one pass of comparisons."""
     if len(frame) < 2:
         return frame.reset_index(drop=True)
-    arrays = [_arrow(frame[key]) for key in keys]
+    arrays = [arrow_array(frame[key]) for key in keys]
     ties = np.ones(len(frame) - 1, dtype=bool)  # rows equal to the previous one on keys so far
     for array in arrays:
         after = array.slice(1)
-        descending = _numpy_bool(pc.greater(array.slice(0, len(array) - 1), after))
+        descending = arrow_bool(pc.greater(array.slice(0, len(array) - 1), after))
         ordered = not (ties & descending).any()
         if not ordered:
             break
@@ -370,7 +360,7 @@ def _drop_exact_duplicates(
     frame = _sorted_by(frame, keys)
     same = np.ones(max(len(frame) - 1, 0), dtype=bool)
     for key in keys:
-        same &= _equal_neighbours(_arrow(frame[key]))
+        same &= _equal_neighbours(arrow_array(frame[key]))
     shared = np.zeros(len(frame), dtype=bool)
     shared[1:] |= same
     shared[:-1] |= same
