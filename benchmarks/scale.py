@@ -6,6 +6,10 @@ process samples the memory of that process and of every process it starts (the D
 scheduler's nanny and worker processes)::
 
     python -m benchmarks.scale --sizes 10000 100000 1000000 --engines local dask --workers 2
+    python -m benchmarks.scale --data data/cj --config configs/completejourney.yaml
+
+(``--data``: a shop folder of the data contract, e.g. Complete Journey, instead of the
+synthetic sizes.)
 
 Prints, per size and engine: wall time, peak RSS of the whole process tree (the sum of all its
 processes at one moment), of the client (the ``xsell train`` process) and of the largest worker;
@@ -184,6 +188,16 @@ def shop_folder(customers: int, work: Path) -> tuple[Path, int]:
     return folder, pq.ParquetFile(folder / "purchases.parquet").metadata.num_rows
 
 
+def real_shop(folder: Path) -> tuple[int, int]:
+    """Customers and order lines of a shop folder of the data contract."""
+    import pyarrow.parquet as pq
+
+    def rows(name: str) -> int:
+        return pq.ParquetFile(folder / name).metadata.num_rows
+
+    return rows("customers.parquet"), rows("purchases.parquet")
+
+
 def _gb(n: int) -> str:
     return f"{n / GB:.2f}"
 
@@ -218,12 +232,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=3 * 3600.0, help="seconds per run")
     parser.add_argument("--json", type=Path, default=None, help="append the runs here")
     parser.add_argument("--config", type=Path, default=None, help="xsell train --config")
+    parser.add_argument("--data", type=Path, default=None, help="a shop folder instead of sizes")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
 
+    shops = [(args.data, *real_shop(args.data))] if args.data else []
+    for size in [] if args.data else args.sizes:
+        folder, lines = shop_folder(size, args.work)
+        shops.append((folder, size, lines))
     runs: list[Run] = []
-    for customers in args.sizes:
-        shop, lines = shop_folder(customers, args.work)
+    for shop, customers, lines in shops:
         local: Run | None = None
         for engine in args.engines:
             print(

@@ -49,8 +49,6 @@ class FeatureConfig(BaseModel):
         latent_min_buyers: Products with fewer distinct buyers are never latent candidates.
         neighbour_pool: The most active customers searched for a customer's neighbours.
         neighbours: Nearest customers whose purchases the ``neighbours`` source sums.
-        history_items: The customer's most frequent products whose co-occurrence neighbours
-            the ``history_cooc`` source sums.
         merge_weights: Source -> learned log-odds that a candidate of each rank band
             (:func:`features.candidates.rank_band`: 1, 2-3, 4-7, ...) is a positive, measured
             by ``xsell train`` on its first fit window (a logistic regression over the bands of
@@ -89,7 +87,6 @@ class FeatureConfig(BaseModel):
     latent_min_buyers: int = Field(3, ge=1)
     neighbour_pool: int = Field(20_000, ge=1)
     neighbours: int = Field(20, ge=1)
-    history_items: int = Field(30, ge=1)
     merge_weights: dict[str, tuple[float, ...]] = Field(default_factory=dict)
 
     def candidates_for(self, task: str) -> int:

@@ -74,6 +74,11 @@ class ModelLoadError(ValueError):
     """A model folder is missing, corrupt or of another format version."""
 
 
+class OutdatedModelError(ModelLoadError):
+    """A sound model this code cannot serve: another format version, or rankers trained on the
+    feature columns of earlier feature code."""
+
+
 class AsOfError(ValueError):
     """A request is earlier than the model's snapshot (it would be scored with later data)."""
 
@@ -502,7 +507,7 @@ class XsellModel:
         if not isinstance(meta, dict):
             raise ModelLoadError(f"model metadata in {folder} is not a JSON object")
         if meta.get("format_version") != MODEL_FORMAT_VERSION:
-            raise ModelLoadError(
+            raise OutdatedModelError(
                 f"model format {meta.get('format_version')} is not supported "
                 f"(this code reads format {MODEL_FORMAT_VERSION}; retrain with xsell train)"
             )
@@ -544,7 +549,10 @@ class XsellModel:
 def _check_columns(boosters: dict[str, lgb.Booster], snapshot: FeatureSnapshot) -> None:
     for task, booster in boosters.items():
         if booster.feature_name() != [c.replace(" ", "_") for c in feature_columns(snapshot, task)]:
-            raise ModelLoadError(f"{task} ranker's features do not match the snapshot")
+            raise OutdatedModelError(
+                f"{task} ranker's features do not match the snapshot (trained by other feature "
+                "code; retrain with xsell train)"
+            )
 
 
 def current_snapshot(folder: str | Path) -> Path:

@@ -27,7 +27,6 @@ from features.arrays import (
     rank_within,
     row_combination,
     summed_pairs,
-    top_within,
 )
 from features.batch import QueryBatch
 from features.data import schema as s
@@ -299,21 +298,6 @@ def candidates_from_neighbours(batch: QueryBatch, snapshot: FeatureSnapshot) -> 
     return _positive("neighbours", *summed_pairs(q[entry], p, sim[entry] * v, snapshot.n_products))
 
 
-def candidates_from_history_cooc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
-    """Products bought with what the customer buys (item-based collaborative filtering).
-
-    The customer's ``history_items`` products of highest recency-weighted frequency ``w_a``,
-    each expanded by its "bought together" row: score ``sum_a w_a * P(b | a)``. Unlike
-    ``cooc_conf`` it reads the customer's whole history, not the context; unknown customers
-    get nothing.
-    """
-    q, a, w = customer_rows(batch, snapshot.history.frequency)
-    keep, _ = top_within(q, w, snapshot.config.history_items)
-    q, a, w = q[keep], a[keep], w[keep]
-    entry, p, v = gather_rows(snapshot.pairs.cooc_conf.matrix, a, np.arange(len(a)))
-    return _positive("history_cooc", *summed_pairs(q[entry], p, w[entry] * v, snapshot.n_products))
-
-
 # --------------------------------------------------------------------------- upsell
 
 
@@ -477,12 +461,6 @@ for _source in (
         frozenset({CS}),
         candidates_from_neighbours,
         "customers who buy like you also bought this",
-    ),
-    Source(
-        "history_cooc",
-        frozenset({CS}),
-        candidates_from_history_cooc,
-        "goes with what you usually buy",
     ),
     Source(
         "family_popular",

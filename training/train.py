@@ -25,7 +25,13 @@ from features.data import schema as s
 from features.data.io import Shop, load_shop
 from features.matrix import categorical_features
 from features.pipeline import TaskSet, calibrate_merge_weights
-from features.recommend import BASELINE_PREFIX, RANKER, ModelLoadError, XsellModel
+from features.recommend import (
+    BASELINE_PREFIX,
+    RANKER,
+    ModelLoadError,
+    OutdatedModelError,
+    XsellModel,
+)
 from features.snapshot import FeatureSnapshot
 from features.tasks import all_tasks
 from training.config import TrainConfig
@@ -44,7 +50,13 @@ from training.evaluate import (
 )
 from training.model import XsellPyfunc, load_model
 from training.progress import Progress
-from training.tracking import CHALLENGER, CHAMPION, Tracker, promotion_decision
+from training.tracking import (
+    CHALLENGER,
+    CHAMPION,
+    PromotionDecision,
+    Tracker,
+    promotion_decision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -296,20 +308,42 @@ def _policies(
     return out
 
 
+def promotion_against(
+    served: dict[str, float], champion: dict[str, float] | None
+) -> PromotionDecision:
+    """Promote if, task by task, the served metrics are at least as good as the champion's
+    (``None``: no champion to beat; ``{}``: a champion that could not be evaluated, kept)."""
+    if champion == {}:
+        return PromotionDecision(False, "not promoted: the champion could not be evaluated", ())
+    primary = [k for k in served if champion is None or k in champion]
+    return promotion_decision(
+        {k: served[k] for k in primary},
+        None if champion is None else {k: champion.get(k, np.nan) for k in primary},
+        primary_metrics=primary or list(served),
+        margin=0.0,
+        ties_pass=True,
+    )
+
+
 def _champion_served(
     tracker: Tracker, cfg: TrainConfig, shop: Shop, split: Split, say: Progress
 ) -> tuple[dict[str, float] | None, str]:
-    """The champion's served metrics on this run's holdout (None without a champion)."""
+    """The champion's served metrics on this run's holdout and a note for the decision.
+
+    ``None``: no champion, or one this code cannot serve (another format, features of earlier
+    feature code), which the new version replaces. ``{}``: a champion that could not be loaded
+    or evaluated for another reason (a corrupt bundle): the new version does not replace it.
+    """
     current = tracker.get_version_by_alias(cfg.model_name, CHAMPION)
     if current is None:
         return None, ""
     say(f"evaluating the champion (version {current.version}) on the same holdout")
     try:
         champ = load_model(f"models:/{cfg.model_name}/{int(current.version)}")
+    except OutdatedModelError as exc:  # this code cannot serve it anyway: replaced
+        return None, f" (champion version {current.version} is outdated and replaced: {exc})"
     except ModelLoadError as exc:
-        if "format" in str(exc):  # this code cannot serve it anyway
-            return {}, f" (champion version {current.version} has an old format: {exc})"
-        return {}, f" (champion not loadable: {exc})"
+        return {}, f" (champion version {current.version} not loadable: {exc})"
     try:
         _, evals = _evaluate(champ, shop, split, cfg, say, f"champion v{current.version}")
     except (ValueError, KeyError, IndexError) as exc:
@@ -514,18 +548,7 @@ def train(
             )
         # the champion's served policies on the same holdout, task by task
         champion_metrics, reason_extra = _champion_served(tracker, cfg, shop, split, say)
-        if champion_metrics == {} and "old format" in reason_extra:
-            champion_metrics = None  # an unservable champion is replaced
-        primary = [k for k in served if champion_metrics is None or k in champion_metrics]
-        decision = promotion_decision(
-            {k: served[k] for k in primary},
-            None
-            if champion_metrics is None
-            else {k: champion_metrics.get(k, np.nan) for k in primary},
-            primary_metrics=primary or list(served),
-            margin=0.0,
-            ties_pass=True,
-        )
+        decision = promotion_against(served, champion_metrics)
         tracker.log_dict(decision.to_dict(), "promotion.json")
         if champion_metrics:
             tracker.log_metrics({f"champion.{k}": v for k, v in champion_metrics.items()})

@@ -22,7 +22,7 @@ from features.snapshot import FeatureSnapshot, build_snapshot
 from features.sources import SOURCES, source_names
 from features.tasks import task_names
 
-NEW_KINDS = ("latent_context", "latent_customer", "neighbours", "family_assoc", "history_cooc")
+NEW_KINDS = ("latent_context", "latent_customer", "neighbours", "family_assoc")
 
 
 @pytest.mark.parametrize("task", task_names())
@@ -62,34 +62,6 @@ def test_sources_of_other_kinds_propose_candidates(
     norms = np.linalg.norm(snap.latent.item[snap.latent.active], axis=1)
     assert np.allclose(norms[norms > 0], 1.0, atol=1e-5)
     assert snap.latent.item.shape[1] >= 2
-
-
-def test_history_cooc_sums_bought_together_over_the_customers_top_products(
-    snap: FeatureSnapshot, window_queries: dict[str, LabelledQueries]
-) -> None:
-    """Reference: dense ``w @ P(b | a)`` over each customer's ``history_items`` heaviest
-    products (SciPy/NumPy, not the source's code path)."""
-    queries = window_queries[s.CROSS_SELL].queries.iloc[:40]
-    small = dataclasses.replace(snap, config=snap.config.model_copy(update={"history_items": 3}))
-    batch = batch_from_frame(queries, small, task=s.CROSS_SELL)
-    cs = next(c for c in candidate_sets(batch, small) if c.source == "history_cooc")
-    freq = small.history.frequency.matrix.toarray()
-    conf = small.pairs.cooc_conf.matrix.toarray()
-    checked = 0
-    for i, cust in enumerate(batch.customer):
-        mine = cs.product[cs.query == i]
-        if cust < 0:
-            assert len(mine) == 0  # unknown customers get nothing
-            continue
-        w = freq[cust].copy()
-        top = np.flatnonzero(w)[np.argsort(-w[np.flatnonzero(w)], kind="stable")][:3]
-        keep = np.zeros_like(w)
-        keep[top] = w[top]
-        expected = keep @ conf
-        np.testing.assert_array_equal(mine, np.flatnonzero(expected > 0))
-        np.testing.assert_allclose(cs.score[cs.query == i], expected[mine], rtol=1e-12)
-        checked += len(mine) > 0
-    assert checked > 10
 
 
 def test_latent_factors_change_only_with_earlier_data(shop: object, snap: FeatureSnapshot) -> None:

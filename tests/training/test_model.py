@@ -19,7 +19,7 @@ from trained_model import (
 )
 
 from features.data import schema as s
-from features.recommend import MODEL_FORMAT_VERSION
+from features.recommend import MODEL_FORMAT_VERSION, OutdatedModelError
 from features.tasks import task_names
 from training.model import ModelLoadError, XsellModel, load_model
 from training.tracking import Tracker
@@ -102,7 +102,27 @@ def test_damaged_model_folder_raises_model_load_error(
 ) -> None:
     folder = shutil.copytree(model_dir, tmp_path / "copy")
     damage(folder)
-    with pytest.raises(ModelLoadError, match=match):
+    with pytest.raises(ModelLoadError, match=match) as raised:
+        XsellModel.load(folder)
+    # only the format case is "outdated" (replaced by the next training run); the rest is damage
+    assert isinstance(raised.value, OutdatedModelError) == (match == "format")
+
+
+def _rename_first_feature(folder: Path) -> None:
+    booster = folder / f"{s.CROSS_SELL}.txt"
+    lines = booster.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if line.startswith("feature_names="))
+    names = lines[at].removeprefix("feature_names=").split(" ")
+    lines[at] = "feature_names=" + " ".join(["feature_of_earlier_code", *names[1:]])
+    booster.write_text("".join(lines))
+
+
+def test_rankers_of_earlier_feature_code_are_outdated(model_dir: Path, tmp_path: Path) -> None:
+    """A sound bundle whose ranker was trained on other feature columns cannot be served by this
+    code: it is reported as outdated (the next training run replaces such a champion)."""
+    folder = shutil.copytree(model_dir, tmp_path / "copy")
+    _rename_first_feature(folder)
+    with pytest.raises(OutdatedModelError, match="cross_sell ranker's features do not match"):
         XsellModel.load(folder)
 
 

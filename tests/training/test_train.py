@@ -32,7 +32,7 @@ from training.config import TrainConfig
 from training.evaluate import HEADLINE_METRICS
 from training.progress import Progress
 from training.tracking import CHALLENGER, CHAMPION, EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
-from training.train import TrainResult, data_fingerprint, make_split, train
+from training.train import TrainResult, data_fingerprint, make_split, promotion_against, train
 
 # One stump on a random 5% of the features: deterministically far below FAST on this shop
 # (NDCG@10 about 0.14 vs 0.27 for cross-sell, 0.43 vs 0.46 for upsell).
@@ -345,3 +345,15 @@ def test_progress_without_bars_only_says_messages() -> None:
     assert said == ["done"] and stream.getvalue() == ""
     # not a terminal: no bars either
     assert not Progress(said.append, bars=None, stream=io.StringIO()).bars
+
+
+def test_promotion_against_no_champion_an_outdated_or_an_unreadable_one() -> None:
+    served = {"cross_sell.served.ndcg_at_10": 0.3, "upsell.served.ndcg_at_10": 0.5}
+    first = promotion_against(served, None)  # no champion, or an outdated one: replaced
+    assert first.promote and first.reason == "no champion yet"
+    kept = promotion_against(served, {})  # a champion that could not be evaluated is kept
+    assert not kept.promote and "champion could not be evaluated" in kept.reason
+    worse = promotion_against(served, {"cross_sell.served.ndcg_at_10": 0.31})
+    assert not worse.promote and "cross_sell.served.ndcg_at_10" in worse.reason
+    better = promotion_against(served, {k: v - 0.01 for k, v in served.items()})
+    assert better.promote
