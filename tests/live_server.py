@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from mlflow_isolation import forget_uris
 from trained_model import MODEL_NAME, Trained
@@ -112,18 +113,26 @@ def xsell_serve(
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        _reap_group(proc.pid)
+        _reap(proc.pid, home)
 
 
-def _reap_group(pgid: int, grace: float = 10.0) -> None:
-    """Wait for the rest of the server's process group (its workers) to exit, then kill what
-    is left: a worker outliving the test keeps loading the machine for the tests after it."""
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)  # anyone left in the group?
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
+def _reap(pgid: int, home: Path, grace: float = 10.0) -> None:
+    """Wait for the server's other processes to exit, then kill what is left: a worker outliving
+    the test keeps loading the machine for the tests after it.
+
+    They are the server's process group and every process started with this server's
+    ``BENTOML_HOME`` (a BentoML worker runs in a session of its own, so after its server was
+    killed outright it is in no group of ours).
+    """
+    mine = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.pid != os.getpid() and (
+                os.getpgid(p.pid) == pgid or p.environ().get("BENTOML_HOME") == str(home)
+            ):
+                mine.append(p)
+    _, alive = psutil.wait_procs(mine, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace)
