@@ -8,7 +8,6 @@ priority over the sources' ranks (:func:`merge_priority`).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,22 +130,18 @@ def _weights_for(
     if hit is None or hit[0] is not weights:
         if len(_TABLES) >= 64:
             _TABLES.clear()
-        table = _weight_table(tuple((k, tuple(v)) for k, v in weights.items()), sources)
+        table = _weight_table(weights, sources)
         hit = (weights, table, np.arange(len(sources))[None, :])
         _TABLES[key] = hit
     return hit[1], hit[2]
 
 
-@functools.lru_cache(maxsize=64)
-def _weight_table(
-    weights: tuple[tuple[str, tuple[float, ...]], ...], sources: tuple[str, ...]
-) -> np.ndarray:
-    """``(sources, RANK_BANDS)`` weights from hashable arguments (a source without weights
-    gets zeros: it only breaks ties)."""
-    by_source = dict(weights)
+def _weight_table(weights: dict[str, tuple[float, ...]], sources: tuple[str, ...]) -> np.ndarray:
+    """``(sources, RANK_BANDS)`` weights (a source without weights gets zeros: it only breaks
+    ties); cached by :func:`_weights_for`."""
     table = np.zeros((len(sources), RANK_BANDS))
     for i, src in enumerate(sources):
-        w = np.asarray(by_source.get(src, ()), dtype=np.float64)[:RANK_BANDS]
+        w = np.asarray(weights.get(src, ()), dtype=np.float64)[:RANK_BANDS]
         table[i, : len(w)] = w
         if 0 < len(w) < RANK_BANDS:
             table[i, len(w) :] = w[-1]

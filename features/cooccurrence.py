@@ -158,14 +158,15 @@ def viewed_then_bought(
     *,
     as_of: pd.Timestamp,
     window_days: int,
-    pidx: pd.Index,
+    n_products: int,
 ) -> sp.csr_matrix:
-    """Counts of "viewed A in a session, bought B in the customer's next order within N days"."""
-    n_p = len(pidx)
+    """Counts of "viewed A in a session, bought B in the customer's next order within N days"
+    (``n_products`` x ``n_products``, rows and columns the sorted catalog's positions)."""
+    n_p = n_products
     pur = shop.purchases
     bought = ((pur[s.TS] < as_of) & (pur[s.QUANTITY] > 0)).to_numpy()
     pur = pur.loc[bought]
-    codes = shop.purchase_codes  # positions in the sorted catalog, like pidx
+    codes = shop.purchase_codes  # positions in the sorted catalog
     assert codes.order is not None
     views = ev[s.EVENT_TYPE].to_numpy() != s.REMOVE_FROM_CART
     if not views.any() or len(pur) == 0:

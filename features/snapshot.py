@@ -543,8 +543,8 @@ def purchase_lines(
     return Lines(
         now=float(now),
         day=day,
-        product=product.astype(np.int64),
-        customer=customer.astype(np.int64),
+        product=product,
+        customer=customer,
         order=pd.factorize(codes.order[before])[0].astype(np.int64),  # first appearance
         quantity=quantity,
         unit=unit,
@@ -1129,6 +1129,6 @@ def _event_pair_tables(
         ev.product[ev.history],
         as_of=as_of,
         window_days=cfg.upsell_window_days,
-        pidx=pd.Index(catalog.products[s.PRODUCT_ID]),
+        n_products=len(catalog.products),
     )
     return {"coview": coview, "cocart": cocart, "viewed_bought_raw": raw}

@@ -318,7 +318,7 @@ def promotion_against(
     primary = [k for k in served if champion is None or k in champion]
     return promotion_decision(
         {k: served[k] for k in primary},
-        None if champion is None else {k: champion.get(k, np.nan) for k in primary},
+        None if champion is None else {k: champion[k] for k in primary},
         primary_metrics=primary or list(served),
         margin=0.0,
         ties_pass=True,
