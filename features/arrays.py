@@ -141,6 +141,39 @@ def top_within(groups: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarr
     return index, rank_within(groups[index], values[index])
 
 
+def within_reach(groups: np.ndarray, values: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The elements at or above the ``n``-th largest value of their group (NaN lowest): a superset
+    of every group's top ``n`` whichever way ties are broken, for cutting long groups before a
+    costlier filter.
+
+    Returns:
+        ``(index, cut)``: positions of the kept elements in ascending order, and the group keys
+        that lost elements (groups of at most ``n`` elements keep them all).
+    """
+    size = len(values)
+    if size <= n:
+        return np.arange(size, dtype=np.int64), np.zeros(0, dtype=groups.dtype)
+    in_order = bool(np.all(groups[1:] >= groups[:-1]))  # a candidate set: grouped by query
+    order = np.arange(size) if in_order else np.argsort(groups, kind="stable")
+    sorted_groups = groups if in_order else groups[order]
+    starts = group_starts(sorted_groups)
+    sizes = np.diff(np.append(starts, size))
+    long = np.flatnonzero(sizes > n)
+    if len(long) == 0:
+        return np.arange(size, dtype=np.int64), np.zeros(0, dtype=groups.dtype)
+    keep = np.ones(size, dtype=bool)
+    lost = np.zeros(len(long), dtype=bool)
+    for i, g in enumerate(long):  # only the long groups, each by one partial sort
+        lo, width = int(starts[g]), int(sizes[g])
+        seg = np.asarray(values[order[lo : lo + width]], dtype=np.float64)
+        seg = np.where(np.isnan(seg), -np.inf, seg)
+        mask = seg >= np.partition(seg, width - n)[width - n]
+        keep[lo : lo + width] = mask
+        lost[i] = not mask.all()
+    index = order[keep] if in_order else np.sort(order[keep])
+    return index, sorted_groups[starts[long[lost]]]
+
+
 def _padded_blocks(sizes: np.ndarray, n: int) -> list[tuple[int, int, int]]:
     """Contiguous blocks of groups for :func:`top_within`, each padded to its widest group (at
     least ``n``) and at most :data:`TOP_BLOCK_CELLS` cells where a group allows: ``(first group,

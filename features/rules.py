@@ -141,8 +141,14 @@ def all_of(
     q: np.ndarray,
     p: np.ndarray,
 ) -> np.ndarray:
-    """Pairs that pass every rule of ``rules``."""
+    """Pairs that pass every rule of ``rules`` (each rule sees only the pairs that passed the
+    ones before it)."""
     ok = np.ones(len(q), dtype=bool)
+    left = np.arange(len(q))
     for rule in rules:
-        ok &= rule(batch, snapshot, q, p)
+        if len(left) == 0:
+            break
+        passed = rule(batch, snapshot, q[left], p[left])
+        ok[left[~passed]] = False
+        left = left[passed]
     return ok

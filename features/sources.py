@@ -26,7 +26,6 @@ from features.arrays import (
     indicator,
     rank_within,
     row_combination,
-    summed_pairs,
 )
 from features.batch import QueryBatch
 from features.data import schema as s
@@ -100,11 +99,10 @@ def source_names(task: str) -> tuple[str, ...]:
 
 def _triples(scores: sp.spmatrix, source: str) -> CandidateSet:
     c = scores if isinstance(scores, sp.csr_matrix) else sp.csr_matrix(scores)
+    c.sort_indices()  # rows in order, products ascending inside each: (query, product) order
     rows = np.repeat(np.arange(c.shape[0], dtype=np.int64), np.diff(c.indptr))
     keep = c.data > 0
-    q, p, v = rows[keep], c.indices[keep].astype(np.int64), c.data[keep]
-    order = np.lexsort((p, q))
-    return CandidateSet(source, q[order], p[order], v[order])
+    return CandidateSet(source, rows[keep], c.indices[keep].astype(np.int64), c.data[keep])
 
 
 def _one_row(source: str, cols: np.ndarray, vals: np.ndarray) -> CandidateSet:
@@ -185,11 +183,7 @@ def _via_group_tables(
     xc = indicator(batch.context_query, group[batch.context], (len(batch), n_groups))
     weights = sp.csr_matrix(xc @ assoc)
     weights.sort_indices()
-    wq = np.repeat(np.arange(len(batch), dtype=np.int64), np.diff(weights.indptr))
-    wc = weights.indices.astype(np.int64)
-    wv = weights.data
-    entry, p, v = gather_rows(top, wc)
-    return _positive(name, *summed_pairs(wq[entry], p, wv[entry] * v, snapshot.n_products))
+    return _triples(weights @ top, name)
 
 
 def candidates_from_category_assoc(batch: QueryBatch, snapshot: FeatureSnapshot) -> CandidateSet:
@@ -294,8 +288,14 @@ def candidates_from_neighbours(batch: QueryBatch, snapshot: FeatureSnapshot) -> 
     q, nb, sim = q[not_self], nb[not_self], sim[not_self]
     keep = rank_within(q, -np.arange(len(q), dtype=np.float64)) <= cfg.neighbours
     q, nb, sim = q[keep], nb[keep], sim[keep]
-    entry, p, v = gather_rows(snapshot.history.frequency.matrix, nb)
-    return _positive("neighbours", *summed_pairs(q[entry], p, sim[entry] * v, snapshot.n_products))
+    frequency = snapshot.history.frequency.matrix
+    if len(batch) == 1:
+        # the weight row's stored order is its sorted neighbours: the sums of the product below
+        order = np.argsort(nb, kind="stable")
+        return _one_row("neighbours", *row_combination(frequency, nb[order], sim[order]))
+    weights = sp.csr_matrix((sim, (q, nb)), shape=(len(batch), frequency.shape[0]))
+    weights.sort_indices()
+    return _triples(weights @ frequency, "neighbours")
 
 
 # --------------------------------------------------------------------------- upsell

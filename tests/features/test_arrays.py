@@ -21,6 +21,7 @@ from features.arrays import (
     share_keys,
     top_within,
     unique_inverse,
+    within_reach,
 )
 
 VALUES = np.asarray([0.0, -0.0, 1.0, 2.5, np.nan, np.inf, -np.inf, 1.0])
@@ -85,6 +86,30 @@ def test_top_within_is_rank_within_cut_at_n(
         full = rank_within(groups, values)
         np.testing.assert_array_equal(index, np.flatnonzero(full <= n))
         np.testing.assert_array_equal(ranks, full[index])
+
+
+def test_within_reach_keeps_every_tie_of_the_top_n() -> None:
+    """Every element at or above its group's n-th largest value (NaN lowest), positions in
+    order, and the groups that lost elements: checked against sorting, groups in any order."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        size = int(rng.integers(0, 80))
+        groups = rng.integers(0, int(rng.integers(1, 6)), size) * 2
+        if rng.random() < 0.5:
+            groups = np.sort(groups)
+        values = rng.choice([*VALUES, 3.0, 3.0, 4.0], size)
+        n = int(rng.integers(1, 10))
+        index, cut = within_reach(groups, values, n)
+        key = np.where(np.isnan(values), -np.inf, values)
+        want, lost = [], set()
+        for i in range(size):
+            members = np.sort(key[groups == groups[i]])[::-1]
+            if len(members) <= n or key[i] >= members[n - 1]:
+                want.append(i)
+            else:
+                lost.add(int(groups[i]))
+        np.testing.assert_array_equal(index, want)
+        assert sorted(cut.tolist()) == sorted(lost)
 
 
 def test_unique_inverse_is_numpys() -> None:

@@ -19,6 +19,7 @@ from feature_shop import (
     product_category,
 )
 
+from features import candidates
 from features.batch import (
     ANCHOR,
     AS_OF,
@@ -31,6 +32,7 @@ from features.batch import (
 from features.candidates import (
     candidate_sets,
     collect_candidates,
+    merge_candidates,
 )
 from features.data import schema as s
 from features.data.io import Shop
@@ -166,6 +168,32 @@ def test_cross_sell_candidates_respect_eligibility(
     assert any(family[p] in {family[c] for c in contexts[q]} for q, p in raw)
     assert any(owns(q, p) for q, p in raw)
     assert consumable.any()
+
+
+@pytest.mark.parametrize("task", task_names())
+def test_eligibility_on_the_reach_first_gives_the_whole_merge(
+    snap: FeatureSnapshot,
+    window_queries: dict[str, LabelledQueries],
+    task: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Checking the rules on each source's top ``REACH * per_source`` first (and on the rest
+    of a group only where too few pass) merges exactly what checking every row does; a reach
+    of one candidate makes most groups fall back, a huge one cuts nothing."""
+    batch = batch_from_frame(window_queries[task].queries, snap, task=task)
+    sets = candidate_sets(batch, snap)
+
+    def merged(reach: int, per_source: int) -> tuple[np.ndarray, ...]:
+        monkeypatch.setattr(candidates, "REACH", reach)
+        c = merge_candidates(batch, snap, sets, per_source=per_source, budget=40)
+        return c.query, c.product, c.scores, c.ranks
+
+    for per_source in (1, 3, 20):
+        whole = merged(10**9, per_source)
+        assert len(whole[0]) > 0
+        for reach in (1, 2):
+            for got, want in zip(merged(reach, per_source), whole, strict=True):
+                np.testing.assert_array_equal(got, want)
 
 
 # ------------------------------------------------------------------------------------------
