@@ -217,29 +217,73 @@ def build_task_sets(
     Returns:
         Task name -> set, for the tasks with at least one labelled query.
     """
+    steps = [
+        Step(lo, hi, max_queries_per_cutoff)
+        for lo, hi in itertools.pairwise(cutoffs(start, end, step_days))
+    ]
+    done = build_steps(
+        shop,
+        tasks=tasks,
+        steps=steps,
+        config=config,
+        seed=seed,
+        snapshots=snapshots,
+        progress=progress,
+        workers=workers,
+    )
+    return join_steps(tasks, done)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of work of a set build: queries with ``as_of`` in ``[start, end)`` against the
+    snapshot at ``start``, at most ``max_queries`` per task (None: all)."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    max_queries: int | None
+
+
+def build_steps(
+    shop: Shop,
+    *,
+    tasks: tuple[str, ...],
+    steps: list[Step],
+    config: FeatureConfig,
+    seed: int = 0,
+    snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
+    progress: Callable[[str], None] | None = None,
+    workers: int = 1,
+) -> list[dict[str, list[Part]]]:
+    """Every task's parts of each of ``steps``, in their order (:func:`build_task_sets`; the
+    steps may come from several windows, so one pool of ``workers`` processes runs them all)."""
     for task in tasks:
         get_task(task)  # a clear error for an unknown task before any work
-    steps = list(itertools.pairwise(cutoffs(start, end, step_days)))
-    job = functools.partial(
-        _cutoff_parts,
-        shop,
-        tasks,
-        config=config,
-        max_queries=max_queries_per_cutoff,
-        seed=seed,
-    )
+    job = functools.partial(_cutoff_parts, shop, tasks, config=config, seed=seed)
     if workers > 1 and len(steps) > 1 and snapshots is None:
         runner = joblib.Parallel(n_jobs=min(workers, len(steps)), return_as="generator")
-        done = runner(joblib.delayed(job)(lo, hi) for lo, hi in steps)
+        done = runner(
+            joblib.delayed(job)(st.start, st.end, max_queries=st.max_queries) for st in steps
+        )
     else:
-        done = (job(lo, hi, snapshots=snapshots) for lo, hi in steps)
-    per_task: dict[str, list[Part]] = {task: [] for task in tasks}
-    for (lo, _), parts in zip(steps, done, strict=True):
+        done = (
+            job(st.start, st.end, max_queries=st.max_queries, snapshots=snapshots) for st in steps
+        )
+    out = []
+    for st, parts in zip(steps, done, strict=True):
         if progress is not None:
             sizes = ", ".join(
                 f"{t} {sum(len(p.queries) for p in ps):,d}" for t, ps in parts.items()
             )
-            progress(f"cut-off {lo.date()} ({sizes or 'no queries'})")
+            progress(f"cut-off {st.start.date()} ({sizes or 'no queries'})")
+        out.append(parts)
+    return out
+
+
+def join_steps(tasks: tuple[str, ...], done: list[dict[str, list[Part]]]) -> dict[str, TaskSet]:
+    """Task -> the set of the steps' parts, for the tasks with at least one labelled query."""
+    per_task: dict[str, list[Part]] = {task: [] for task in tasks}
+    for parts in done:
         for task, task_parts in parts.items():
             per_task[task].extend(task_parts)
     return {task: concat_parts(task, parts) for task, parts in per_task.items() if parts}

@@ -22,6 +22,7 @@ holdout evaluation.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -33,20 +34,47 @@ import numpy as np
 import pandas as pd
 
 from features.data.io import Shop
-from features.pipeline import Part, TaskSet, build_task_sets, cutoffs
+from features.pipeline import Part, Step, TaskSet, build_steps, cutoffs, join_steps
 from features.snapshot import FeatureSnapshot, build_snapshot
 from training.config import DaskConfig, TrainConfig
 from training.progress import Progress
 from training.ranker import fit_ranker, query_groups, ranker_params, trainable_rows
 
-Sets = dict[str, dict[str, Any]]  # task -> {"fit": set, "validation": set}
-Window = tuple[str, pd.Timestamp, pd.Timestamp]  # (name, start, end)
+Sets = dict[str, dict[str, Any]]  # task -> {"fit": set, "validation": set, ...}
+
+
+@dataclass(frozen=True)
+class Window:
+    """A window of a run's sets: rolling cut-offs over ``[start, end)`` (``split.step_days``
+    apart, ``split.max_queries_per_cutoff`` queries per task each) or, for a ``holdout``
+    window, one cut-off at ``start`` with ``split.max_holdout_queries`` per task (the queries
+    and seed :func:`training.evaluate.holdout_sets` draws)."""
+
+    name: str
+    start: pd.Timestamp
+    end: pd.Timestamp
+    holdout: bool = False
+
+    def steps(self, config: TrainConfig) -> list[Step]:
+        if self.holdout:
+            return [Step(self.start, self.end, config.split.max_holdout_queries)]
+        bounds = itertools.pairwise(cutoffs(self.start, self.end, config.split.step_days))
+        return [Step(lo, hi, config.split.max_queries_per_cutoff) for lo, hi in bounds]
+
+
+WindowLike = Window | tuple[str, pd.Timestamp, pd.Timestamp]
+
+
+def as_window(window: WindowLike) -> Window:
+    """A :class:`Window` from itself or a ``(name, start, end)`` tuple."""
+    return window if isinstance(window, Window) else Window(*window)
 
 
 class Engine(Protocol):
     """What :func:`training.train.train` asks of an engine."""
 
     name: str
+    builds_holdout: bool  # task_sets builds holdout windows (else the caller does)
 
     def task_sets(
         self,
@@ -54,9 +82,12 @@ class Engine(Protocol):
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Sequence[Window],
+        windows: Sequence[WindowLike],
         say: Progress,
-    ) -> Sets: ...
+    ) -> Sets:
+        """Task -> window name -> set (an engine may leave out ``holdout`` windows, which
+        the caller then builds itself)."""
+        ...
 
     def snapshot(
         self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig
@@ -82,6 +113,7 @@ class LocalEngine:
     """NumPy/pandas and LightGBM on this machine (cut-offs in ``config.workers`` processes)."""
 
     name: str = "local"
+    builds_holdout: bool = True
 
     def task_sets(
         self,
@@ -89,19 +121,34 @@ class LocalEngine:
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Sequence[Window],
+        windows: Sequence[WindowLike],
         say: Progress,
     ) -> Sets:
-        def build(name: str, lo: pd.Timestamp, hi: pd.Timestamp, n_cutoffs: int) -> dict[str, Any]:
-            workers = config.workers_for(shop, n_cutoffs)
-            if not say.bars:
-                say(f"building {name} features ({n_cutoffs} cut-offs, {workers} workers)")
-            with say.cutoffs(f"{name} features", n_cutoffs) as per_cutoff:
-                return build_task_sets(
-                    shop, **_set_arguments(tasks, config, lo, hi, per_cutoff), workers=workers
-                )
-
-        return _per_window(windows, config, build)
+        """Every window's cut-offs in one pool of processes (holdout windows first: their one
+        cut-off holds the most queries)."""
+        ordered = sorted((as_window(w) for w in windows), key=lambda w: not w.holdout)
+        steps = [w.steps(config) for w in ordered]
+        n_steps = sum(len(st) for st in steps)
+        workers = config.workers_for(shop, n_steps)
+        if not say.bars:
+            counts = ", ".join(f"{w.name} {len(st)}" for w, st in zip(ordered, steps, strict=True))
+            say(f"building features ({counts} cut-offs, {workers} workers)")
+        with say.cutoffs("features", n_steps) as per_cutoff:
+            done = build_steps(
+                shop,
+                tasks=tasks,
+                steps=[step for st in steps for step in st],
+                config=config.features,
+                seed=config.seed,
+                progress=per_cutoff,
+                workers=workers,
+            )
+        sets: Sets = {}
+        bounds = itertools.pairwise(np.cumsum([0, *(len(st) for st in steps)]))
+        for w, (lo, hi) in zip(ordered, bounds, strict=True):
+            for task, built in join_steps(tasks, done[lo:hi]).items():
+                sets.setdefault(task, {})[w.name] = built
+        return sets
 
     def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
         return build_snapshot(shop, as_of=as_of, config=config.features)
@@ -149,16 +196,18 @@ def _set_arguments(
 
 
 def _per_window(
-    windows: Sequence[Window],
+    windows: Sequence[WindowLike],
     config: TrainConfig,
     build: Callable[[str, pd.Timestamp, pd.Timestamp, int], dict[str, Any]],
 ) -> Sets:
-    """Task -> window name -> set, ``build(name, lo, hi, n_cutoffs)`` giving one window's sets."""
+    """Task -> window name -> set of the rolling windows, ``build(name, lo, hi, n_cutoffs)``
+    giving one window's sets."""
     sets: Sets = {}
-    for name, lo, hi in windows:
-        n_cutoffs = len(cutoffs(lo, hi, config.split.step_days)) - 1
-        for task, built in build(name, lo, hi, n_cutoffs).items():
-            sets.setdefault(task, {})[name] = built
+    for w in map(as_window, windows):
+        if w.holdout:
+            continue
+        for task, built in build(w.name, w.start, w.end, len(w.steps(config))).items():
+            sets.setdefault(task, {})[w.name] = built
     return sets
 
 
@@ -181,6 +230,7 @@ class DaskEngine:
     config: DaskConfig
     folder: str
     name: str = "dask"
+    builds_holdout: bool = False
     _counter: Any = None  # the basket counter of the run's shop (its purchases partitioned once)
     _shop: Shop | None = None
 
@@ -204,9 +254,11 @@ class DaskEngine:
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Sequence[Window],
+        windows: Sequence[WindowLike],
         say: Progress,
     ) -> Sets:
+        """The rolling windows' sets on the cluster; holdout windows are left to the caller
+        (evaluation runs on the client)."""
         from features.distributed import distributed_task_sets
 
         counter = self.counter(shop, config)

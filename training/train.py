@@ -35,7 +35,7 @@ from features.recommend import (
 from features.snapshot import FeatureSnapshot
 from features.tasks import all_tasks
 from training.config import TrainConfig
-from training.engines import Engine, LocalEngine, open_engine
+from training.engines import Engine, LocalEngine, Window, open_engine
 from training.evaluate import (
     KS,
     TaskEvaluation,
@@ -59,6 +59,7 @@ from training.tracking import (
 )
 
 log = logging.getLogger(__name__)
+HOLDOUT = "holdout"  # the window name of the holdout sets built beside the others
 
 PIP_REQUIREMENTS = ["lightgbm", "numpy", "scipy", "pandas", "pyarrow", "mlflow"]
 
@@ -201,16 +202,28 @@ def fit_and_validation_sets(
     rolling cut-offs (``engine``, default the local one); a task missing from either window is
     left out.
 
-    ``progress``: a message per window and, with bars, one bar per window over its cut-offs.
+    ``progress``: a message per build and, with bars, one bar over its cut-offs.
     """
-    windows = [
-        ("fit", split.fit_start, split.valid_start),
-        ("validation", split.valid_start, split.valid_end),
-    ]
     sets = (engine or LocalEngine()).task_sets(
-        shop, tasks=tasks, config=config, windows=windows, say=Progress.of(progress)
+        shop, tasks=tasks, config=config, windows=_windows(split), say=Progress.of(progress)
     )
-    return {task: pair for task, pair in sets.items() if len(pair) == 2}
+    return _with_both(sets)
+
+
+def _windows(split: Split, holdout: bool = False) -> list[Window]:
+    """The fit and validation windows of ``split`` (and its test window as a holdout)."""
+    windows = [
+        Window("fit", split.fit_start, split.valid_start),
+        Window("validation", split.valid_start, split.valid_end),
+    ]
+    if holdout:
+        windows.append(Window(HOLDOUT, split.train_until, split.test_end, holdout=True))
+    return windows
+
+
+def _with_both(sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The tasks that have both a fit and a validation set."""
+    return {task: pair for task, pair in sets.items() if "fit" in pair and "validation" in pair}
 
 
 def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> TrainConfig:
@@ -244,16 +257,22 @@ def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> Tr
 
 def _task_sets(
     shop: Shop, *, config: TrainConfig, split: Split, say: Progress, engine: Engine
-) -> dict[str, dict[str, Any]]:
-    """Fit and validation sets of every task that has labelled queries in both windows."""
+) -> tuple[dict[str, dict[str, Any]], dict[str, TaskSet] | None]:
+    """Fit and validation sets of every task that has labelled queries in both windows, and
+    the holdout sets of the test window built in the same pass when the engine builds them
+    (the sets :func:`training.evaluate.holdout_sets` builds against the snapshot at
+    ``train_until``; None: the engine leaves them to the caller)."""
     names = tuple(task.name for task in all_tasks())
-    out = fit_and_validation_sets(
-        shop, tasks=names, config=config, split=split, progress=say, engine=engine
-    )
+    windows = _windows(split, holdout=engine.builds_holdout)
+    built = engine.task_sets(shop, tasks=names, config=config, windows=windows, say=say)
+    holdout = None
+    if engine.builds_holdout:
+        holdout = {task: sets.pop(HOLDOUT) for task, sets in built.items() if HOLDOUT in sets}
+    out = _with_both(built)
     for task in names:
         if task not in out:
             say(f"{task}: no ranker (no labelled queries); the task is served by its best baseline")
-    return out
+    return out, holdout
 
 
 def _fit_rankers(
@@ -358,18 +377,25 @@ def _evaluate(
     cfg: TrainConfig,
     say: Progress,
     label: str,
+    built: dict[str, TaskSet] | None = None,
 ) -> tuple[dict[str, TaskSet], dict[str, TaskEvaluation]]:
-    """Holdout sets and evaluations of ``model`` on the split's test window (one bar)."""
+    """Holdout sets (``built``: already built against ``model``'s snapshot) and evaluations of
+    ``model`` on the split's test window (one bar)."""
     with say.step(f"evaluating {label}", 2 * len(model.tasks), unit="steps") as step:
-        sets = holdout_sets(
-            model,
-            shop,
-            start=split.train_until,
-            end=split.test_end,
-            seed=cfg.seed,
-            max_queries=cfg.split.max_holdout_queries,
-            progress=lambda task: step.advance(note=f"{task} holdout"),
-        )
+        if built is None:
+            sets = holdout_sets(
+                model,
+                shop,
+                start=split.train_until,
+                end=split.test_end,
+                seed=cfg.seed,
+                max_queries=cfg.split.max_holdout_queries,
+                progress=lambda task: step.advance(note=f"{task} holdout"),
+            )
+        else:
+            sets = built
+            for task in model.tasks:
+                step.advance(note=f"{task.name} holdout (built with the training sets)")
         evals = evaluate_model(
             model,
             sets,
@@ -482,7 +508,7 @@ def train(
         cfg = _calibrated(shop, cfg, split, say)
         tracker.log_dict(cfg.features.merge_weights, "merge_weights.json")
         with open_engine(cfg) as engine:
-            sets = _task_sets(shop, config=cfg, split=split, say=say, engine=engine)
+            sets, holdout = _task_sets(shop, config=cfg, split=split, say=say, engine=engine)
             if not sets:
                 raise ValueError("no task has labelled queries in the training window")
             say(f"building the serving snapshot at {split.train_until}")
@@ -508,7 +534,7 @@ def train(
             },
         )
         say("evaluating on the holdout")
-        holdout, evals = _evaluate(model, shop, split, cfg, say, "the new model")
+        holdout, evals = _evaluate(model, shop, split, cfg, say, "the new model", holdout)
         model.policies = _policies(model, evals, cfg)
         flat = _flat(evals)
         served = served_metrics(model, evals, primary=cfg.primary_metric)

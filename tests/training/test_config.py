@@ -206,3 +206,40 @@ def test_holdout_sample_is_capped_and_the_same_for_every_model(small_shop_dir: P
         assert ids == again[task].queries["query_id"].tolist(), task
         assert set(ids) <= set(full[task].queries["query_id"]), task
     assert TrainConfig().split.max_holdout_queries == 10_000
+
+
+def test_holdout_built_with_the_training_sets_is_the_models_holdout(small_shop_dir: Path) -> None:
+    """The holdout window the local engine builds in the same pool as the fit and validation
+    cut-offs (two worker processes) gives exactly the sets ``holdout_sets`` builds against the
+    serving snapshot at ``train_until``: the same queries, candidates, features and labels."""
+    from training.engines import LocalEngine, Window
+    from training.progress import Progress
+
+    shop = load_shop(small_shop_dir)
+    _, last = shop.time_range()
+    until = (last - pd.Timedelta(days=28)).normalize()
+    end = last + pd.Timedelta(seconds=1)
+    cfg = TrainConfig(workers=2, split=SplitConfig(max_holdout_queries=60))
+    windows = [
+        Window("fit", until - pd.Timedelta(days=28), until),
+        Window("holdout", until, end, holdout=True),
+    ]
+    built = LocalEngine().task_sets(
+        shop, tasks=task_names(), config=cfg, windows=windows, say=Progress.of(None)
+    )
+    snap = LocalEngine().snapshot(shop, as_of=until, config=cfg)
+    policies = {task: f"{BASELINE_PREFIX}popular" for task in task_names()}
+    model = XsellModel(snapshot=snap, boosters={}, policies=policies)
+    want = holdout_sets(model, shop, start=until, end=end, seed=cfg.seed, max_queries=60)
+    got = {task: sets["holdout"] for task, sets in built.items() if "holdout" in sets}
+    assert set(got) == set(want) and want
+    for task, ts in want.items():
+        assert 0 < len(ts.queries) <= 60, task
+        other = got[task]
+        np.testing.assert_array_equal(ts.X, other.X)
+        np.testing.assert_array_equal(ts.query_id, other.query_id)
+        np.testing.assert_array_equal(ts.product_id, other.product_id)
+        np.testing.assert_array_equal(ts.label, other.label)
+        pd.testing.assert_frame_equal(ts.queries, other.queries)
+        assert "fit" in built[task], task
+    assert max(len(ts.queries) for ts in want.values()) == 60  # the cap binds
