@@ -237,11 +237,13 @@ def build_task_sets(
 @dataclass(frozen=True)
 class Step:
     """One unit of work of a set build: queries with ``as_of`` in ``[start, end)`` against the
-    snapshot at ``start``, at most ``max_queries`` per task (None: all)."""
+    snapshot at ``start``, at most ``max_queries`` per task (None: all); ``keep_snapshot``:
+    that snapshot is returned too (:func:`build_steps`' ``kept``)."""
 
     start: pd.Timestamp
     end: pd.Timestamp
     max_queries: int | None
+    keep_snapshot: bool = False
 
 
 def build_steps(
@@ -254,23 +256,37 @@ def build_steps(
     snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
     progress: Callable[[str], None] | None = None,
     workers: int = 1,
+    kept: dict[pd.Timestamp, FeatureSnapshot] | None = None,
 ) -> list[dict[str, list[Part]]]:
     """Every task's parts of each of ``steps``, in their order (:func:`build_task_sets`; the
-    steps may come from several windows, so one pool of ``workers`` processes runs them all)."""
+    steps may come from several windows, so one pool of ``workers`` processes runs them all).
+
+    ``kept``: filled with the snapshots of the steps marked ``keep_snapshot`` (by cut-off; a
+    step without any query builds none)."""
     for task in tasks:
         get_task(task)  # a clear error for an unknown task before any work
     job = functools.partial(_cutoff_parts, shop, tasks, config=config, seed=seed)
     if workers > 1 and len(steps) > 1 and snapshots is None:
         runner = joblib.Parallel(n_jobs=min(workers, len(steps)), return_as="generator")
         done = runner(
-            joblib.delayed(job)(st.start, st.end, max_queries=st.max_queries) for st in steps
+            joblib.delayed(job)(st.start, st.end, max_queries=st.max_queries, keep=st.keep_snapshot)
+            for st in steps
         )
     else:
         done = (
-            job(st.start, st.end, max_queries=st.max_queries, snapshots=snapshots) for st in steps
+            job(
+                st.start,
+                st.end,
+                max_queries=st.max_queries,
+                snapshots=snapshots,
+                keep=st.keep_snapshot,
+            )
+            for st in steps
         )
     out = []
-    for st, parts in zip(steps, done, strict=True):
+    for st, (parts, snap) in zip(steps, done, strict=True):
+        if kept is not None and snap is not None:
+            kept[st.start] = snap
         if progress is not None:
             sizes = ", ".join(
                 f"{t} {sum(len(p.queries) for p in ps):,d}" for t, ps in parts.items()
@@ -354,9 +370,10 @@ def _cutoff_parts(
     max_queries: int | None,
     seed: int,
     snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
-) -> dict[str, list[Part]]:
+    keep: bool = False,
+) -> tuple[dict[str, list[Part]], FeatureSnapshot | None]:
     """Every task's parts for the queries in ``[lo, hi)``, scored against the snapshot at
-    ``lo`` (built only if some task has queries there)."""
+    ``lo`` (built only if some task has queries there), and that snapshot if ``keep``."""
     out: dict[str, list[Part]] = {}
     snap = None if snapshots is None else snapshots.get(lo)
     for task in tasks:
@@ -373,7 +390,7 @@ def _cutoff_parts(
             queries_part(task, queries.iloc[c0 : c0 + CHUNK_QUERIES], labels, snap)
             for c0 in range(0, len(queries), CHUNK_QUERIES)
         ]
-    return out
+    return out, snap if keep else None
 
 
 def concat_parts(task: str, parts: list[Part]) -> TaskSet:

@@ -26,7 +26,7 @@ import itertools
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import lightgbm as lgb
@@ -57,17 +57,11 @@ class Window:
 
     def steps(self, config: TrainConfig) -> list[Step]:
         if self.holdout:
-            return [Step(self.start, self.end, config.split.max_holdout_queries)]
+            return [
+                Step(self.start, self.end, config.split.max_holdout_queries, keep_snapshot=True)
+            ]
         bounds = itertools.pairwise(cutoffs(self.start, self.end, config.split.step_days))
         return [Step(lo, hi, config.split.max_queries_per_cutoff) for lo, hi in bounds]
-
-
-WindowLike = Window | tuple[str, pd.Timestamp, pd.Timestamp]
-
-
-def as_window(window: WindowLike) -> Window:
-    """A :class:`Window` from itself or a ``(name, start, end)`` tuple."""
-    return window if isinstance(window, Window) else Window(*window)
 
 
 class Engine(Protocol):
@@ -82,7 +76,7 @@ class Engine(Protocol):
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Sequence[WindowLike],
+        windows: Sequence[Window],
         say: Progress,
     ) -> Sets:
         """Task -> window name -> set (an engine may leave out ``holdout`` windows, which
@@ -110,10 +104,15 @@ class Engine(Protocol):
 
 @dataclass
 class LocalEngine:
-    """NumPy/pandas and LightGBM on this machine (cut-offs in ``config.workers`` processes)."""
+    """NumPy/pandas and LightGBM on this machine (cut-offs in ``config.workers`` processes).
+
+    A holdout window's snapshot (at the run's ``train_until``, the serving snapshot) comes back
+    from the process that built it and :meth:`snapshot` hands it out once instead of building
+    it again."""
 
     name: str = "local"
     builds_holdout: bool = True
+    kept: dict[tuple[pd.Timestamp, str], FeatureSnapshot] = field(default_factory=dict, repr=False)
 
     def task_sets(
         self,
@@ -121,18 +120,19 @@ class LocalEngine:
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Sequence[WindowLike],
+        windows: Sequence[Window],
         say: Progress,
     ) -> Sets:
         """Every window's cut-offs in one pool of processes (holdout windows first: their one
         cut-off holds the most queries)."""
-        ordered = sorted((as_window(w) for w in windows), key=lambda w: not w.holdout)
+        ordered = sorted(windows, key=lambda w: not w.holdout)
         steps = [w.steps(config) for w in ordered]
         n_steps = sum(len(st) for st in steps)
         workers = config.workers_for(shop, n_steps)
         if not say.bars:
             counts = ", ".join(f"{w.name} {len(st)}" for w, st in zip(ordered, steps, strict=True))
             say(f"building features ({counts} cut-offs, {workers} workers)")
+        kept: dict[pd.Timestamp, FeatureSnapshot] = {}
         with say.cutoffs("features", n_steps) as per_cutoff:
             done = build_steps(
                 shop,
@@ -142,7 +142,10 @@ class LocalEngine:
                 seed=config.seed,
                 progress=per_cutoff,
                 workers=workers,
+                kept=kept,
             )
+        for as_of, snap in kept.items():
+            self.kept[as_of, _key(config)] = snap
         sets: Sets = {}
         bounds = itertools.pairwise(np.cumsum([0, *(len(st) for st in steps)]))
         for w, (lo, hi) in zip(ordered, bounds, strict=True):
@@ -151,7 +154,12 @@ class LocalEngine:
         return sets
 
     def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
-        return build_snapshot(shop, as_of=as_of, config=config.features)
+        """The snapshot at ``as_of``: the one a holdout window brought back with the same
+        feature configuration (handed out once), else built."""
+        kept = self.kept.pop((pd.Timestamp(as_of), _key(config)), None)
+        return (
+            kept if kept is not None else build_snapshot(shop, as_of=as_of, config=config.features)
+        )
 
     def fit(
         self,
@@ -175,6 +183,11 @@ class LocalEngine:
         return fit
 
 
+def _key(config: TrainConfig) -> str:
+    """What a kept snapshot must have been built with to stand for a new one."""
+    return config.features.model_dump_json()
+
+
 def _set_arguments(
     tasks: tuple[str, ...],
     config: TrainConfig,
@@ -196,14 +209,14 @@ def _set_arguments(
 
 
 def _per_window(
-    windows: Sequence[WindowLike],
+    windows: Sequence[Window],
     config: TrainConfig,
     build: Callable[[str, pd.Timestamp, pd.Timestamp, int], dict[str, Any]],
 ) -> Sets:
     """Task -> window name -> set of the rolling windows, ``build(name, lo, hi, n_cutoffs)``
     giving one window's sets."""
     sets: Sets = {}
-    for w in map(as_window, windows):
+    for w in windows:
         if w.holdout:
             continue
         for task, built in build(w.name, w.start, w.end, len(w.steps(config))).items():
@@ -254,7 +267,7 @@ class DaskEngine:
         *,
         tasks: tuple[str, ...],
         config: TrainConfig,
-        windows: Sequence[WindowLike],
+        windows: Sequence[Window],
         say: Progress,
     ) -> Sets:
         """The rolling windows' sets on the cluster; holdout windows are left to the caller

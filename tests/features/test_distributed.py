@@ -18,7 +18,7 @@ from features.pipeline import TaskSet, build_task_sets
 from features.snapshot import build_snapshot
 from features.tasks import task_names
 from training.config import DaskConfig, RankerConfig, TrainConfig
-from training.engines import DaskEngine, LocalEngine
+from training.engines import DaskEngine, LocalEngine, Window
 from training.metrics import ndcg_at_k
 
 KWARGS = dict(
@@ -116,7 +116,10 @@ def test_dask_ranker_is_comparable_to_the_local_one(
     cfg = TrainConfig(
         ranker=RankerConfig(max_rounds=60, num_threads=1), dask=DaskConfig(workers=2, buckets=3)
     )
-    windows = [("fit", CUTOFF - 2 * WINDOW, CUTOFF), ("validation", CUTOFF, CUTOFF + WINDOW)]
+    windows = [
+        Window("fit", CUTOFF - 2 * WINDOW, CUTOFF),
+        Window("validation", CUTOFF, CUTOFF + WINDOW),
+    ]
     engine = DaskEngine(client=client, config=cfg.dask, folder=str(tmp_path))
     from training.progress import Progress
 

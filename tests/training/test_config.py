@@ -15,8 +15,9 @@ from features.config import FeatureConfig
 from features.data import schema as s
 from features.data.io import load_shop
 from features.matrix import feature_columns
+from features.pipeline import TaskSet
 from features.recommend import BASELINE_PREFIX, XsellModel
-from features.snapshot import build_snapshot
+from features.snapshot import FeatureSnapshot, build_snapshot
 from features.tasks import get_task, task_names
 from training.config import RankerConfig, SplitConfig, TrainConfig
 from training.evaluate import evaluate_model, holdout_sets
@@ -224,16 +225,27 @@ def test_holdout_built_with_the_training_sets_is_the_models_holdout(small_shop_d
         Window("fit", until - pd.Timedelta(days=28), until),
         Window("holdout", until, end, holdout=True),
     ]
-    built = LocalEngine().task_sets(
+    engine = LocalEngine()
+    built = engine.task_sets(
         shop, tasks=task_names(), config=cfg, windows=windows, say=Progress.of(None)
     )
-    snap = LocalEngine().snapshot(shop, as_of=until, config=cfg)
+    # the holdout's snapshot came back from its worker: the serving snapshot is not built again
+    assert len(engine.kept) == 1
+    kept = engine.snapshot(shop, as_of=until, config=cfg)
+    assert not engine.kept and engine.snapshot(shop, as_of=until, config=cfg) is not kept
+    fresh = LocalEngine().snapshot(shop, as_of=until, config=cfg)
     policies = {task: f"{BASELINE_PREFIX}popular" for task in task_names()}
-    model = XsellModel(snapshot=snap, boosters={}, policies=policies)
-    want = holdout_sets(model, shop, start=until, end=end, seed=cfg.seed, max_queries=60)
+
+    def sets_against(snap: FeatureSnapshot) -> dict[str, TaskSet]:
+        model = XsellModel(snapshot=snap, boosters={}, policies=policies)
+        return holdout_sets(model, shop, start=until, end=end, seed=cfg.seed, max_queries=60)
+
+    want, from_kept = sets_against(fresh), sets_against(kept)
     got = {task: sets["holdout"] for task, sets in built.items() if "holdout" in sets}
-    assert set(got) == set(want) and want
+    assert set(got) == set(want) == set(from_kept) and want
     for task, ts in want.items():
+        np.testing.assert_array_equal(ts.X, from_kept[task].X)
+        pd.testing.assert_frame_equal(ts.queries, from_kept[task].queries)
         assert 0 < len(ts.queries) <= 60, task
         other = got[task]
         np.testing.assert_array_equal(ts.X, other.X)
