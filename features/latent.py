@@ -24,6 +24,7 @@ from functools import cached_property
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import TruncatedSVD
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from features.arrays import PairLookup
 
@@ -97,7 +98,10 @@ def latent_factors(
     x.data = np.log1p(x.data)
     x = sp.csr_matrix(x @ sp.diags(idf))
     svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=4, random_state=seed)
-    customer = svd.fit_transform(x)
+    # one BLAS thread: the factors (so every snapshot) are then the same whichever process
+    # builds them; the training workers run one thread each, a main process two
+    with threadpool_limits(limits=1, user_api="blas"):
+        customer = svd.fit_transform(x)
     item = svd.components_.T * svd.singular_values_
     activity = np.asarray(m.sum(axis=1)).ravel()
     order = np.lexsort((np.arange(n_c), -activity))

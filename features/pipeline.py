@@ -14,6 +14,7 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import joblib
 import numpy as np
@@ -261,32 +262,33 @@ def build_steps(
     """Every task's parts of each of ``steps``, in their order (:func:`build_task_sets`; the
     steps may come from several windows, so one pool of ``workers`` processes runs them all).
 
-    ``kept``: filled with the snapshots of the steps marked ``keep_snapshot`` (by cut-off; a
-    step without any query builds none)."""
+    ``snapshots``: by cut-off, reused by the step at that cut-off (sent to its process); in one
+    process the snapshots built are put there too. ``kept``: filled with the snapshots of the
+    steps marked ``keep_snapshot`` (by cut-off; a step without any query builds none)."""
     for task in tasks:
         get_task(task)  # a clear error for an unknown task before any work
+    given = snapshots if snapshots is not None else {}
     job = functools.partial(_cutoff_parts, shop, tasks, config=config, seed=seed)
-    if workers > 1 and len(steps) > 1 and snapshots is None:
+    pooled = workers > 1 and len(steps) > 1
+
+    def args(st: Step) -> dict[str, Any]:
+        keep = st.keep_snapshot or (snapshots is not None and not pooled)
+        snap = given.get(st.start)
+        return {"max_queries": st.max_queries, "snapshot": snap, "keep": keep and snap is None}
+
+    if pooled:
         runner = joblib.Parallel(n_jobs=min(workers, len(steps)), return_as="generator")
-        done = runner(
-            joblib.delayed(job)(st.start, st.end, max_queries=st.max_queries, keep=st.keep_snapshot)
-            for st in steps
-        )
+        done = runner(joblib.delayed(job)(st.start, st.end, **args(st)) for st in steps)
     else:
-        done = (
-            job(
-                st.start,
-                st.end,
-                max_queries=st.max_queries,
-                snapshots=snapshots,
-                keep=st.keep_snapshot,
-            )
-            for st in steps
-        )
+        done = (job(st.start, st.end, **args(st)) for st in steps)
     out = []
     for st, (parts, snap) in zip(steps, done, strict=True):
-        if kept is not None and snap is not None:
-            kept[st.start] = snap
+        if snap is not None and snapshots is not None and not pooled:
+            snapshots[st.start] = snap
+        if st.keep_snapshot and kept is not None:
+            kept_snap = snap if snap is not None else given.get(st.start)
+            if kept_snap is not None:
+                kept[st.start] = kept_snap
         if progress is not None:
             sizes = ", ".join(
                 f"{t} {sum(len(p.queries) for p in ps):,d}" for t, ps in parts.items()
@@ -369,13 +371,14 @@ def _cutoff_parts(
     config: FeatureConfig,
     max_queries: int | None,
     seed: int,
-    snapshots: dict[pd.Timestamp, FeatureSnapshot] | None = None,
+    snapshot: FeatureSnapshot | None = None,
     keep: bool = False,
 ) -> tuple[dict[str, list[Part]], FeatureSnapshot | None]:
-    """Every task's parts for the queries in ``[lo, hi)``, scored against the snapshot at
-    ``lo`` (built only if some task has queries there), and that snapshot if ``keep``."""
+    """Every task's parts for the queries in ``[lo, hi)``, scored against ``snapshot`` (else
+    the snapshot at ``lo``, built only if some task has queries there), and the snapshot built
+    if ``keep``."""
     out: dict[str, list[Part]] = {}
-    snap = None if snapshots is None else snapshots.get(lo)
+    snap, built = snapshot, None
     for task in tasks:
         queries, labels = cutoff_queries(
             shop, task, lo, hi, config=config, max_queries=max_queries, seed=seed
@@ -383,14 +386,12 @@ def _cutoff_parts(
         if len(queries) == 0:
             continue
         if snap is None:
-            snap = build_snapshot(shop, as_of=lo, config=config)
-            if snapshots is not None:
-                snapshots[lo] = snap
+            snap = built = build_snapshot(shop, as_of=lo, config=config)
         out[task] = [
             queries_part(task, queries.iloc[c0 : c0 + CHUNK_QUERIES], labels, snap)
             for c0 in range(0, len(queries), CHUNK_QUERIES)
         ]
-    return out, snap if keep else None
+    return out, built if keep else None
 
 
 def concat_parts(task: str, parts: list[Part]) -> TaskSet:

@@ -22,6 +22,7 @@ holdout evaluation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import tempfile
 import warnings
@@ -33,6 +34,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from features.config import FeatureConfig
 from features.data.io import Shop
 from features.pipeline import Part, Step, TaskSet, build_steps, cutoffs, join_steps
 from features.snapshot import FeatureSnapshot, build_snapshot
@@ -87,6 +89,11 @@ class Engine(Protocol):
         self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig
     ) -> FeatureSnapshot: ...
 
+    def keep(self, snapshot: FeatureSnapshot, as_of: pd.Timestamp) -> None:
+        """A snapshot the run built before (at ``as_of``) that the engine may use instead of
+        building the same one again."""
+        ...
+
     def fit(
         self,
         fit: Any,
@@ -106,13 +113,23 @@ class Engine(Protocol):
 class LocalEngine:
     """NumPy/pandas and LightGBM on this machine (cut-offs in ``config.workers`` processes).
 
-    A holdout window's snapshot (at the run's ``train_until``, the serving snapshot) comes back
-    from the process that built it and :meth:`snapshot` hands it out once instead of building
-    it again."""
+    No snapshot is built twice in a run: one given to :meth:`keep` (the merge calibration's, at
+    the first fit cut-off) is sent to the process of the step at its cut-off, and a holdout
+    window's (at ``train_until``: the serving snapshot) comes back from the process that built
+    it, for :meth:`snapshot` to hand out."""
 
     name: str = "local"
     builds_holdout: bool = True
     kept: dict[tuple[pd.Timestamp, str], FeatureSnapshot] = field(default_factory=dict, repr=False)
+
+    def keep(self, snapshot: FeatureSnapshot, as_of: pd.Timestamp) -> None:
+        self.kept[pd.Timestamp(as_of), _key(snapshot.config)] = snapshot
+
+    def _take(self, as_of: pd.Timestamp, config: FeatureConfig) -> FeatureSnapshot | None:
+        """The kept snapshot at ``as_of`` built with ``config`` but for its merge weights (which
+        only order candidates: no table of a snapshot depends on them), handed out once."""
+        snap = self.kept.pop((pd.Timestamp(as_of), _key(config)), None)
+        return None if snap is None else dataclasses.replace(snap, config=config)
 
     def task_sets(
         self,
@@ -126,37 +143,37 @@ class LocalEngine:
         """Every window's cut-offs in one pool of processes (holdout windows first: their one
         cut-off holds the most queries)."""
         ordered = sorted(windows, key=lambda w: not w.holdout)
-        steps = [w.steps(config) for w in ordered]
-        n_steps = sum(len(st) for st in steps)
-        workers = config.workers_for(shop, n_steps)
+        steps = [step for w in ordered for step in w.steps(config)]
+        sizes = [len(w.steps(config)) for w in ordered]
+        workers = config.workers_for(shop, len(steps))
         if not say.bars:
-            counts = ", ".join(f"{w.name} {len(st)}" for w, st in zip(ordered, steps, strict=True))
+            counts = ", ".join(f"{w.name} {n}" for w, n in zip(ordered, sizes, strict=True))
             say(f"building features ({counts} cut-offs, {workers} workers)")
+        given = {st.start: snap for st in steps if (snap := self._take(st.start, config.features))}
         kept: dict[pd.Timestamp, FeatureSnapshot] = {}
-        with say.cutoffs("features", n_steps) as per_cutoff:
+        with say.cutoffs("features", len(steps)) as per_cutoff:
             done = build_steps(
                 shop,
                 tasks=tasks,
-                steps=[step for st in steps for step in st],
+                steps=steps,
                 config=config.features,
                 seed=config.seed,
+                snapshots=given,
                 progress=per_cutoff,
                 workers=workers,
                 kept=kept,
             )
         for as_of, snap in kept.items():
-            self.kept[as_of, _key(config)] = snap
+            self.keep(snap, as_of)
         sets: Sets = {}
-        bounds = itertools.pairwise(np.cumsum([0, *(len(st) for st in steps)]))
-        for w, (lo, hi) in zip(ordered, bounds, strict=True):
+        for w, (lo, hi) in zip(ordered, itertools.pairwise(np.cumsum([0, *sizes])), strict=True):
             for task, built in join_steps(tasks, done[lo:hi]).items():
                 sets.setdefault(task, {})[w.name] = built
         return sets
 
     def snapshot(self, shop: Shop, *, as_of: pd.Timestamp, config: TrainConfig) -> FeatureSnapshot:
-        """The snapshot at ``as_of``: the one a holdout window brought back with the same
-        feature configuration (handed out once), else built."""
-        kept = self.kept.pop((pd.Timestamp(as_of), _key(config)), None)
+        """The kept snapshot at ``as_of`` (:meth:`_take`), else one built."""
+        kept = self._take(as_of, config.features)
         return (
             kept if kept is not None else build_snapshot(shop, as_of=as_of, config=config.features)
         )
@@ -183,9 +200,9 @@ class LocalEngine:
         return fit
 
 
-def _key(config: TrainConfig) -> str:
+def _key(config: FeatureConfig) -> str:
     """What a kept snapshot must have been built with to stand for a new one."""
-    return config.features.model_dump_json()
+    return config.model_dump_json(exclude={"merge_weights"})
 
 
 def _set_arguments(
@@ -295,6 +312,10 @@ class DaskEngine:
         return build_snapshot(
             shop, as_of=as_of, config=config.features, counter=self.counter(shop, config)
         )
+
+    def keep(self, snapshot: FeatureSnapshot, as_of: pd.Timestamp) -> None:
+        """Nothing is kept: the cluster's parts are built against snapshots scattered from the
+        client per cut-off."""
 
     def _sample_parts(self, n_parts: int) -> list[int]:
         every = max(1, round(1 / self.config.tree_sample))

@@ -77,6 +77,7 @@ def ranking_metrics(
     *,
     label: np.ndarray | None = None,
     n_pos: np.ndarray | None = None,
+    q: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Per-query metrics of ``score`` on a task set (missed positives count as misses).
 
@@ -85,11 +86,17 @@ def ranking_metrics(
         score: Score per row.
         label: Labels to score (default the task set's), e.g. only re-bought positives.
         n_pos: Positives per query of ``ts.queries`` matching ``label`` (default all).
+        q: :func:`query_positions` of ``ts`` when the caller already has them.
     """
-    q = pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)
+    q = query_positions(ts) if q is None else q
     labels = ts.label if label is None else label
     positives = ts.queries["n_positives"].to_numpy() if n_pos is None else n_pos
     return m.per_query_metrics(q, score, labels.astype(np.int64), positives, ks=KS)
+
+
+def query_positions(ts: TaskSet) -> np.ndarray:
+    """Per row of ``ts``, the position of its query in ``ts.queries``."""
+    return pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)
 
 
 def _item_kind_views(ts: TaskSet) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -122,9 +129,9 @@ def evaluate_task(
     cfg = snapshot.config
     has_ranker = score is not None
     ranker_score = np.zeros(len(ts)) if score is None else score
-    per_q = ranking_metrics(ts, ranker_score)
+    q = query_positions(ts)
+    per_q = ranking_metrics(ts, ranker_score, q=q)
     out = {k: (float(v) if has_ranker else float("nan")) for k, v in m.summarize(per_q).items()}
-    q = pd.Index(ts.queries[QUERY_ID]).get_indexer(ts.query_id)
     pidx = np.fromiter(
         (snapshot.product_index.get(p, -1) for p in ts.product_id), dtype=np.int64, count=len(ts)
     )
@@ -149,7 +156,7 @@ def evaluate_task(
         if len(bscore) and not np.isfinite(bscore).any():
             continue  # a source that proposes nothing here (no events): not a heuristic
         baseline_scores[baseline.name] = bscore
-        bq = m.summarize(ranking_metrics(ts, bscore))
+        bq = m.summarize(ranking_metrics(ts, bscore, q=q))
         for key, value in bq.items():
             out[f"baseline_{baseline.name}.{key}"] = float(value)
         if bq[primary] > best_value:
@@ -174,7 +181,7 @@ def evaluate_task(
         ):
             if not name and not has_ranker:
                 continue
-            summary = m.summarize(ranking_metrics(ts, sc, label=label, n_pos=kind_pos))
+            summary = m.summarize(ranking_metrics(ts, sc, label=label, n_pos=kind_pos, q=q))
             for key in (primary, "hit_rate_at_10", "recall_at_10"):
                 out[f"{kind}.{name}{key}"] = float(summary[key])
     meta = ts.queries.set_index(pd.RangeIndex(len(ts.queries)))

@@ -226,11 +226,13 @@ def _with_both(sets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {task: pair for task, pair in sets.items() if "fit" in pair and "validation" in pair}
 
 
-def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> TrainConfig:
+def _calibrated(
+    shop: Shop, cfg: TrainConfig, split: Split, say: Progress
+) -> tuple[TrainConfig, dict[pd.Timestamp, FeatureSnapshot]]:
     """``cfg`` with the candidate merge learned on the first fit step (unless the configuration
-    fixes it)."""
+    fixes it), and the snapshot that step built (by cut-off: the first fit cut-off's, reused)."""
     if cfg.features.merge_weights:
-        return cfg
+        return cfg, {}
     start = split.fit_start
     end = min(start + pd.Timedelta(days=cfg.split.step_days), split.valid_start)
     weights: dict[str, tuple[float, ...]] = {}
@@ -252,7 +254,7 @@ def _calibrated(shop: Shop, cfg: TrainConfig, split: Split, say: Progress) -> Tr
             )
             step.advance(note=task.name)
     features = cfg.features.model_copy(update={"merge_weights": weights})
-    return cfg.model_copy(update={"features": features})
+    return cfg.model_copy(update={"features": features}), calibration
 
 
 def _task_sets(
@@ -505,9 +507,11 @@ def train(
         tracker.log_params(cfg.model_dump(mode="json"))
         tracker.log_params({"train_until": str(split.train_until)})
         tracker.log_dict(cfg.model_dump(mode="json"), "config.json")
-        cfg = _calibrated(shop, cfg, split, say)
+        cfg, built = _calibrated(shop, cfg, split, say)
         tracker.log_dict(cfg.features.merge_weights, "merge_weights.json")
         with open_engine(cfg) as engine:
+            for as_of in list(built):
+                engine.keep(built.pop(as_of), as_of)
             sets, holdout = _task_sets(shop, config=cfg, split=split, say=say, engine=engine)
             if not sets:
                 raise ValueError("no task has labelled queries in the training window")

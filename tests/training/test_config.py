@@ -255,3 +255,52 @@ def test_holdout_built_with_the_training_sets_is_the_models_holdout(small_shop_d
         pd.testing.assert_frame_equal(ts.queries, other.queries)
         assert "fit" in built[task], task
     assert max(len(ts.queries) for ts in want.values()) == 60  # the cap binds
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_kept_snapshot_stands_for_its_cut_off(
+    small_shop_dir: Path, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot given to ``LocalEngine.keep`` (the merge calibration's, built before the
+    merge weights were learned) is used for the step at its cut-off with the run's weights, in
+    one process or sent to a worker: the sets equal those of an engine that builds it, and it
+    is not built again."""
+    import features.pipeline as pipeline
+    from training.engines import LocalEngine, Window
+    from training.progress import Progress
+
+    shop = load_shop(small_shop_dir)
+    _, last = shop.time_range()
+    until = (last - pd.Timedelta(days=28)).normalize()
+    start = until - pd.Timedelta(days=28)
+    weights = {"cooc": (2.0, 1.0), "segment_popular": (3.0, 0.5)}
+    cfg = TrainConfig(workers=workers, features=FeatureConfig(merge_weights=weights))
+    windows = [
+        Window("fit", start, until),
+        Window("validation", until, until + pd.Timedelta(days=14)),
+    ]
+    want = LocalEngine().task_sets(
+        shop, tasks=task_names(), config=cfg, windows=windows, say=Progress.of(None)
+    )
+    engine = LocalEngine()
+    engine.keep(build_snapshot(shop, as_of=start, config=FeatureConfig()), start)  # no weights
+    calls: list[pd.Timestamp] = []
+    real = pipeline.build_snapshot
+    monkeypatch.setattr(
+        pipeline,
+        "build_snapshot",
+        lambda shop, as_of, config: calls.append(as_of) or real(shop, as_of=as_of, config=config),
+    )
+    got = engine.task_sets(
+        shop, tasks=task_names(), config=cfg, windows=windows, say=Progress.of(None)
+    )
+    assert not engine.kept  # handed out
+    if workers == 1:  # the builds in this process are seen: every cut-off but the kept one
+        assert start not in calls and len(calls) == 2, calls
+    assert set(got) == set(want) and want
+    for task, sets in want.items():
+        for name, ts in sets.items():
+            other = got[task][name]
+            np.testing.assert_array_equal(ts.X, other.X)
+            np.testing.assert_array_equal(ts.product_id, other.product_id)
+            np.testing.assert_array_equal(ts.label, other.label)
