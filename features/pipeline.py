@@ -299,12 +299,15 @@ def build_steps(
 
 
 def join_steps(tasks: tuple[str, ...], done: list[dict[str, list[Part]]]) -> dict[str, TaskSet]:
-    """Task -> the set of the steps' parts, for the tasks with at least one labelled query."""
+    """Task -> the set of the steps' parts, for the tasks with at least one labelled query (the
+    parts' rows are consumed)."""
     per_task: dict[str, list[Part]] = {task: [] for task in tasks}
     for parts in done:
         for task, task_parts in parts.items():
             per_task[task].extend(task_parts)
-    return {task: concat_parts(task, parts) for task, parts in per_task.items() if parts}
+    return {
+        task: concat_parts(task, parts, consume=True) for task, parts in per_task.items() if parts
+    }
 
 
 @dataclass(frozen=True)
@@ -394,11 +397,23 @@ def _cutoff_parts(
     return out, built if keep else None
 
 
-def concat_parts(task: str, parts: list[Part]) -> TaskSet:
-    """One :class:`TaskSet` from parts of ``task`` (rows in the parts' order)."""
+def concat_parts(task: str, parts: list[Part], *, consume: bool = False) -> TaskSet:
+    """One :class:`TaskSet` from parts of ``task`` (rows in the parts' order).
+
+    ``consume``: the parts' rows are dropped as they are copied, so the memory of the set is
+    held about once while it is built, not twice (the parts and the set)."""
+    total = sum(len(p.rows["label"]) for p in parts)
 
     def stacked(name: str) -> np.ndarray:
-        return np.concatenate([p.rows[name] for p in parts])
+        blocks = [p.rows[name] for p in parts]
+        out = np.empty((total, *blocks[0].shape[1:]), dtype=np.result_type(*blocks))
+        del blocks
+        at = 0
+        for p in parts:
+            block = p.rows.pop(name) if consume else p.rows[name]
+            out[at : at + len(block)] = block
+            at += len(block)
+        return out
 
     return TaskSet(
         task=task,
