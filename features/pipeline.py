@@ -210,8 +210,8 @@ def build_task_sets(
         max_queries_per_cutoff: Sample at most this many queries per task and cut-off (None:
             all).
         seed: Seed of that sample.
-        snapshots: Snapshots by cut-off to reuse, and to keep the built ones in (one process
-            only; None: built and dropped per cut-off).
+        snapshots: Snapshots by cut-off to use instead of building them (None: each cut-off's
+            built and dropped after its step).
         progress: Called with a short message per cut-off.
         workers: Processes building cut-offs.
 
@@ -262,33 +262,29 @@ def build_steps(
     """Every task's parts of each of ``steps``, in their order (:func:`build_task_sets`; the
     steps may come from several windows, so one pool of ``workers`` processes runs them all).
 
-    ``snapshots``: by cut-off, reused by the step at that cut-off (sent to its process); in one
-    process the snapshots built are put there too. ``kept``: filled with the snapshots of the
-    steps marked ``keep_snapshot`` (by cut-off; a step without any query builds none)."""
+    ``snapshots``: by cut-off, used by the step at that cut-off instead of building one (sent
+    to its process). ``kept``: filled with the snapshots of the steps marked ``keep_snapshot``
+    (by cut-off; a step without any query builds none)."""
     for task in tasks:
         get_task(task)  # a clear error for an unknown task before any work
-    given = snapshots if snapshots is not None else {}
+    given = snapshots or {}
     job = functools.partial(_cutoff_parts, shop, tasks, config=config, seed=seed)
-    pooled = workers > 1 and len(steps) > 1
 
     def args(st: Step) -> dict[str, Any]:
-        keep = st.keep_snapshot or (snapshots is not None and not pooled)
         snap = given.get(st.start)
-        return {"max_queries": st.max_queries, "snapshot": snap, "keep": keep and snap is None}
+        keep = st.keep_snapshot and snap is None
+        return {"max_queries": st.max_queries, "snapshot": snap, "keep": keep}
 
-    if pooled:
+    if workers > 1 and len(steps) > 1:
         runner = joblib.Parallel(n_jobs=min(workers, len(steps)), return_as="generator")
         done = runner(joblib.delayed(job)(st.start, st.end, **args(st)) for st in steps)
     else:
         done = (job(st.start, st.end, **args(st)) for st in steps)
     out = []
-    for st, (parts, snap) in zip(steps, done, strict=True):
-        if snap is not None and snapshots is not None and not pooled:
-            snapshots[st.start] = snap
-        if st.keep_snapshot and kept is not None:
-            kept_snap = snap if snap is not None else given.get(st.start)
-            if kept_snap is not None:
-                kept[st.start] = kept_snap
+    for st, (parts, built) in zip(steps, done, strict=True):
+        snap = built if built is not None else given.get(st.start)
+        if st.keep_snapshot and kept is not None and snap is not None:
+            kept[st.start] = snap
         if progress is not None:
             sizes = ", ".join(
                 f"{t} {sum(len(p.queries) for p in ps):,d}" for t, ps in parts.items()

@@ -17,7 +17,7 @@ import pandas as pd
 from features.arrays import rank_within
 from features.batch import QUERY_ID
 from features.data.io import Shop
-from features.pipeline import TaskSet, build_task_set
+from features.pipeline import Step, TaskSet, build_steps, join_steps
 from features.recommend import BASELINE_PREFIX, RANKER, XsellModel
 from features.snapshot import FeatureSnapshot
 from features.tasks import get_task
@@ -240,23 +240,18 @@ def holdout_sets(
         raise ValueError(
             f"the model's data ends {model.snapshot.as_of_timestamp}, after the holdout start {start}"
         )
+    step = Step(pd.Timestamp(start), pd.Timestamp(end), max_queries)
     sets = {}
     for task in model.tasks:
-        try:
-            sets[task.name] = build_task_set(
-                shop,
-                task=task.name,
-                start=pd.Timestamp(start),
-                end=pd.Timestamp(end),
-                config=model.snapshot.config,
-                step_days=max(int((pd.Timestamp(end) - pd.Timestamp(start)).days) + 1, 1),
-                max_queries_per_cutoff=max_queries,
-                seed=seed,
-                snapshots={pd.Timestamp(start): model.snapshot},
-            )
-        except ValueError as exc:
-            if "no labelled queries" not in str(exc):
-                raise
+        done = build_steps(
+            shop,
+            tasks=(task.name,),
+            steps=[step],
+            config=model.snapshot.config,
+            seed=seed,
+            snapshots={step.start: model.snapshot},
+        )
+        sets.update(join_steps((task.name,), done))
         if progress is not None:
             progress(task.name)
     return sets
